@@ -1,0 +1,5 @@
+"""`python -m odmar_mpi` is `python -m odmar_mpi.run`."""
+
+from odmar_mpi.run import main
+
+main()

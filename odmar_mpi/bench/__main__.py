@@ -1,0 +1,23 @@
+"""`python -m odmar_mpi.bench {consensus,gp} ...`: benchmarks that print their figures against a reference."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "consensus": "odmar_mpi.bench.consensus",  # neighbour gossip vs MPI.Allreduce (run under mpiexec)
+    "gp": "odmar_mpi.bench.gp",  # sparse-GP statistics, posterior and prediction vs explicit inverses
+}
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in BENCHMARKS:
+        names = ", ".join(BENCHMARKS)
+        print(f"usage: python -m odmar_mpi.bench {{{names}}} [options]  (--help after the name for its options)", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,36 @@
+"""`python -m odmar_mpi.check CONFIG --ranks N`: validate a config without MPI and print it resolved."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from odmar_mpi.config import ConfigError, load_config, to_toml, validate
+
+
+@click.command(epilog="\b\nExamples:\n  python -m odmar_mpi.check configs/odmar_beta0.01.toml --ranks 5\n"
+                      "  python -m odmar_mpi.check configs/quick.toml --ranks 4 --set comm.topology=star",
+               context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--ranks", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Number of MPI ranks (agents) the run will use.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one value; repeatable.")
+def main(config: Path | None, ranks: int, overrides: tuple[str, ...]) -> None:
+    """Check CONFIG (default: the built-in default) as `odmar_mpi.run` would with RANKS ranks.
+
+    Prints the resolved config as TOML and exits 0, or prints what is wrong and exits 2.
+    """
+    try:
+        cfg = load_config(config, overrides)
+        validate(cfg, ranks)
+    except ConfigError as err:
+        click.echo(f"odmar_mpi.check: error: {err}", err=True)
+        sys.exit(2)
+    click.echo(f"# {config or 'built-in default'}: valid for {ranks} ranks")
+    click.echo(to_toml(cfg))
+
+
+if __name__ == "__main__":
+    main()

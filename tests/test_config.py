@@ -1,0 +1,135 @@
+"""Config loading, overrides and validation; `python -m odmar_mpi.check` as a user meets it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from odmar_mpi.check import main as check_main
+from odmar_mpi.config import Config, ConfigError, load_config, to_toml, validate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def check(*args: str):
+    return CliRunner().invoke(check_main, list(args))
+
+
+def test_defaults_are_the_originals_setting():
+    cfg = Config()
+    assert (cfg.run.algorithm, cfg.model.beta, cfg.env.action_penalty) == ("odmar", 0.01, True)
+    assert (cfg.comm.topology, cfg.comm.algorithm, cfg.comm.rounds) == ("ring", "plain", 100)
+    assert (cfg.run.warmup_steps, cfg.run.train_steps, cfg.run.eval_every, cfg.run.eval_episodes) == (5000, 10000, 200, 5)
+    assert (cfg.model.update_every, cfg.model.rollout_batch, cfg.model.rollout_length, cfg.model.num_inducing) == (250, 256, 2, 1000)
+    assert (cfg.sac.updates_per_step, cfg.sac.real_ratio, cfg.sac.batch_size, cfg.sac.hidden) == (10, 0.0, 256, [256, 256])
+    assert (cfg.sac.lr, cfg.sac.gamma, cfg.sac.tau, cfg.sac.target_entropy) == (3e-4, 0.99, 0.005, -2.0)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_accepted(path):
+    ranks = "4" if path.name == "quick.toml" else "5"
+    result = check(str(path), "--ranks", ranks)
+    assert result.exit_code == 0, result.output
+    # What it prints is the resolved config: the file's values over the defaults.
+    resolved = result.output.split("\n", 1)[1]
+    assert resolved.strip() == to_toml(load_config(path)).strip()
+
+
+def test_paper_configs_differ_only_where_the_paper_does():
+    beta = load_config(CONFIGS / "odmar_beta0.01.toml")
+    no_beta = load_config(CONFIGS / "odmar_beta0.toml")
+    sac = load_config(CONFIGS / "sac_nopenalty.toml")
+    assert (beta.model.beta, no_beta.model.beta) == (0.01, 0.0)
+    assert beta.sac == no_beta.sac and beta.comm == no_beta.comm
+    assert (sac.run.algorithm, sac.sac.updates_per_step, sac.sac.real_ratio, sac.env.action_penalty) == ("sac", 1, 1.0, False)
+
+
+def test_overrides_apply_in_order_with_toml_values_and_bare_words():
+    cfg = load_config(None, ["comm.topology=torus", "sac.hidden=[64, 32]", "model.beta=0", "model.beta=0.5", "env.action_penalty=false"])
+    assert cfg.comm.topology == "torus"
+    assert cfg.sac.hidden == [64, 32]
+    assert cfg.model.beta == 0.5 and isinstance(cfg.model.beta, float)
+    assert cfg.env.action_penalty is False
+
+
+def test_round_trip_through_toml(tmp_path):
+    cfg = load_config(None, ["run.seed=7", "comm.algorithm=finite-time", "sac.hidden=[8]"])
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.betta=0.1", "unknown config key model.betta. Did you mean 'beta'?"),
+        ("modle.beta=0.1", "unknown config section [modle]. Did you mean 'model'?"),
+        ("run.seed=\"zero\"", "run.seed = 'zero' has type str; expected int"),
+        ("sac.updates_per_step=1.5", "sac.updates_per_step = 1.5 has type float; expected int"),
+        ("env.action_penalty=1", "env.action_penalty = 1 has type int; expected bool"),
+        ("sac.lr=-0.001", "sac.lr = -0.001 is out of range; allowed: > 0"),
+        ("sac.batch_size=0", "sac.batch_size = 0 is out of range; allowed: >= 1"),
+        ("model.rollout_length=0", "model.rollout_length = 0 is out of range; allowed: >= 1"),
+        ("model.beta=-0.01", "model.beta = -0.01 is out of range; allowed: >= 0"),
+        ("sac.gamma=1.0", "sac.gamma = 1.0 is out of range; allowed: >= 0 and < 1"),
+        ("comm.algorithm=gossip", "comm.algorithm = 'gossip' is not allowed; choose one of plain, chebyshev, finite-time"),
+        ("comm.topology=rnig", "comm.topology = 'rnig' is not a known graph. Did you mean 'ring'?"),
+        ("sac.hidden=[]", "sac.hidden = []"),
+    ],
+)
+def test_bad_values_are_refused_with_the_key_the_value_and_what_is_allowed(override, expected):
+    result = check("--ranks", "4", "--set", override)
+    assert result.exit_code == 2
+    assert expected in result.output
+
+
+def test_malformed_override_explains_the_syntax():
+    result = check("--set", "beta0.1")
+    assert result.exit_code == 2
+    assert "expected section.key=value" in result.output
+
+
+def test_missing_and_invalid_files_are_named(tmp_path):
+    result = check(str(tmp_path / "nope.toml"))
+    assert result.exit_code == 2 and "nope.toml' does not exist" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nseed = 1\n")
+    result = check(str(bad))
+    assert result.exit_code == 2 and "is not valid TOML" in result.output
+
+
+def test_rank_count_must_fit_the_topology():
+    result = check("--ranks", "6", "--set", "comm.topology=hypercube")
+    assert result.exit_code == 2
+    assert "comm.topology = 'hypercube' with 6 ranks" in result.output
+    assert check("--ranks", "8", "--set", "comm.topology=hypercube").exit_code == 0
+
+
+def test_edge_lists_must_exist_be_connected_and_name_real_ranks(tmp_path):
+    missing = check("--ranks", "4", "--set", "comm.topology=edges", "--set", f'comm.edges_file="{tmp_path / "none.txt"}"')
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    disconnected = tmp_path / "split.txt"
+    disconnected.write_text("0 1\n2 3\n")
+    result = check("--ranks", "4", "--set", "comm.topology=edges", "--set", f'comm.edges_file="{disconnected}"')
+    assert result.exit_code == 2 and "connected" in result.output
+    outside = tmp_path / "outside.txt"
+    outside.write_text("0 1\n1 2\n2 3\n3 7\n")
+    result = check("--ranks", "4", "--set", "comm.topology=edges", "--set", f'comm.edges_file="{outside}"')
+    assert result.exit_code == 2 and "7" in result.output
+    good = tmp_path / "good.txt"
+    good.write_text("0 1\n1 2\n2 3\n")
+    assert check("--ranks", "4", "--set", "comm.topology=edges", "--set", f'comm.edges_file="{good}"').exit_code == 0
+
+
+def test_finite_time_needs_no_rounds_but_plain_does():
+    cfg = load_config(None, ["comm.algorithm=finite-time", "comm.rounds=0"])
+    validate(cfg, ranks=4)
+    with pytest.raises(ConfigError, match="needs comm.rounds > 0 or comm.tol > 0"):
+        validate(load_config(None, ["comm.rounds=0"]), ranks=4)
+
+
+def test_rollout_batch_larger_than_warmup_is_refused_before_training():
+    with pytest.raises(ConfigError, match="model.rollout_batch = 256 exceeds run.warmup_steps = 100"):
+        validate(load_config(None, ["run.warmup_steps=100"]), ranks=2)
