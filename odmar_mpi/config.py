@@ -44,6 +44,8 @@ class RunConfig:
     """Torch intra-op threads per rank; 1 suits one rank per core. >= 1."""
     progress_every: int = 0
     """Steps between progress lines on rank 0; 0 prints one per evaluation. >= 0."""
+    stop_check_every: int = 10
+    """Steps between the ranks' agreement on a stop signal (SIGTERM/SIGUSR1). >= 1."""
 
 
 @dataclass
@@ -166,6 +168,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "run.keep_checkpoints": (1, True, None, False),
     "run.torch_threads": (1, True, None, False),
     "run.progress_every": (0, True, None, False),
+    "run.stop_check_every": (1, True, None, False),
     "env.n_rewards": (1, True, None, False),
     "env.episode_length": (1, True, None, False),
     "comm.rounds": (0, True, None, False),

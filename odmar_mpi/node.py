@@ -128,16 +128,24 @@ class Node:
         self.sac_count = 0
         self.residual = float("nan")
         self.last_team_eval = float("nan")
+        self.stop_requested = False
 
     # ------------------------------------------------------------------ the loop
 
-    def train(self) -> None:
-        """Run until warmup_steps + train_steps environment steps, checkpointing on the way."""
+    def train(self) -> bool:
+        """Run until warmup_steps + train_steps environment steps, checkpointing on the way.
+
+        Returns False when a stop was requested (SIGTERM/SIGUSR1 on any rank): every rank then
+        checkpoints at the same agreed step and returns, so the run can be resumed.
+        """
         cfg = self.cfg
         warmup, total = cfg.run.warmup_steps, cfg.total_steps
         self.started = time.perf_counter()
         self.started_step = self.step
         while self.step < total:
+            if self.step % cfg.run.stop_check_every == 0 and self.stop_agreed():
+                self.checkpoint()
+                return False
             learning = self.step >= warmup
             action = self.sac.act(self.obs) if learning else self.rng.uniform(-1.0, 1.0, world.ACT_DIM)
             with self.clock("env"):
@@ -163,6 +171,16 @@ class Node:
                 self.checkpoint()
         if not cfg.run.checkpoint_every or self.step % cfg.run.checkpoint_every:
             self.checkpoint()
+        return True
+
+    def request_stop(self, *_: object) -> None:
+        """Signal handler: only sets a flag; the loop acts on it at an agreed step boundary."""
+        self.stop_requested = True
+
+    def stop_agreed(self) -> bool:
+        """True on every rank as soon as any rank has been asked to stop (max-gossip of the flag)."""
+        with self.clock("gossip"):
+            return self.consensus.maximum_scalar(1.0 if self.stop_requested else 0.0) > 0.0
 
     # ------------------------------------------------------------------ pieces of a step
 

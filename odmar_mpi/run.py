@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 import traceback
@@ -22,6 +23,8 @@ Examples:
 # Errors every rank meets identically (config, run folder, resume agreement): exit 2 everywhere.
 # Errors one rank meets alone (NaN, a silent neighbour): that rank aborts the whole job.
 EXIT_USAGE = 2
+# Written by rank 0 when the run has done all its steps (job scripts requeue until it exists).
+COMPLETE_MARK = "COMPLETE"
 
 
 class RunFolderError(RuntimeError):
@@ -142,15 +145,23 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     except (RunFolderError, CheckpointError) as err:
         fail_everywhere(rank, err)
 
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, node.request_stop)
     try:
-        node.train()
+        completed = node.train()
     except (NonFiniteError, NeighbourTimeout, PosteriorError, CheckpointError) as err:
         abort_with_message(rank, err)  # one rank's failure ends every rank, with its message first
     node.consensus.minimum_scalar(1.0)  # every rank has written its records
-    if rank == 0:
-        from odmar_mpi.report import final_report
+    if rank != 0:
+        return
+    if not completed:
+        print(f"stopped on request at step {node.step}; every rank checkpointed. "
+              f"Continue with: python -m odmar_mpi.run --resume {node.run_dir}", flush=True)
+        return
+    (node.run_dir / COMPLETE_MARK).write_text(f"{node.step}\n")
+    from odmar_mpi.report import final_report
 
-        final_report(node.run_dir)
+    final_report(node.run_dir)
 
 
 if __name__ == "__main__":
