@@ -1,0 +1,39 @@
+# Shared body of launch/slurm_cpu.sbatch and launch/slurm_gpu.sbatch (sourced; not run directly).
+# Starts the run, or resumes it after a requeue; requeues the job until the run is complete.
+#
+# Variables (set them in the .sbatch file or export before sbatch):
+#   MODULES     modules to load, e.g. "gcc/12 openmpi/4.1.5" (mpi4py must be built against this MPI:
+#               module load ...; pip install --no-binary=mpi4py mpi4py)
+#   VENV        the project's virtual environment           (default: $SLURM_SUBMIT_DIR/.venv)
+#   SRUN_MPI    srun's PMI plugin: pmix, or pmi2 on older sites (default: pmix)
+#   RUN_ROOT    a folder on a filesystem every node sees     (default: $SLURM_SUBMIT_DIR/runs)
+#   CONFIG      the TOML config for a new run                (default: configs/odmar_beta0.01.toml)
+#   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1"
+set -euo pipefail
+: "${SLURM_SUBMIT_DIR:?submit with sbatch from the project root}"
+cd "$SLURM_SUBMIT_DIR"
+if [[ -n ${MODULES:-} ]]; then
+    # shellcheck disable=SC2086  # a space-separated list of modules
+    module load $MODULES
+fi
+VENV=${VENV:-$SLURM_SUBMIT_DIR/.venv}
+SRUN_MPI=${SRUN_MPI:-pmix}
+RUN_ROOT=${RUN_ROOT:-$SLURM_SUBMIT_DIR/runs}
+CONFIG=${CONFIG:-configs/odmar_beta0.01.toml}
+# The job id survives a requeue, so the requeued job finds its own run folder.
+run_dir=$RUN_ROOT/${SLURM_JOB_NAME:-odmar}-${SLURM_JOB_ID}
+if [[ -e $run_dir/config.toml ]]; then
+    args=(--resume "$run_dir")
+else
+    args=(--config "$CONFIG" --out "$run_dir")
+fi
+echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-?} ranks, run folder $run_dir"
+# shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
+srun --mpi="$SRUN_MPI" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${EXTRA_ARGS:-}
+if [[ -e $run_dir/COMPLETE ]]; then
+    echo "$(date -Is) run complete: $run_dir"
+else
+    # Stopped by the time-limit signal: every rank checkpointed; run again from there.
+    echo "$(date -Is) run stopped before its last step; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+fi
