@@ -148,6 +148,12 @@ class Config:
     def uses_model(self) -> bool:
         return self.run.algorithm == "odmar"
 
+    def policy_settings(self) -> dict[str, Any]:
+        """Keyword arguments of policy.sac.SACConfig (the node and the report build the same actor)."""
+        sac = self.sac
+        return dict(hidden=tuple(sac.hidden), lr=sac.lr, gamma=sac.gamma, tau=sac.tau, init_alpha=sac.init_alpha,
+                    target_entropy=sac.target_entropy, batch_size=sac.batch_size)
+
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "run.algorithm": ("odmar", "sac"),

@@ -9,6 +9,7 @@ checkpoint.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,10 +94,7 @@ class Node:
         self.eval_env = world.AgentEnv(**env_args)
         self.rng = np.random.default_rng(stream_seed(cfg.run.seed, self.rank, 0))
 
-        sac_cfg = SACConfig(hidden=tuple(cfg.sac.hidden), lr=cfg.sac.lr, gamma=cfg.sac.gamma, tau=cfg.sac.tau,
-                            init_alpha=cfg.sac.init_alpha, target_entropy=cfg.sac.target_entropy,
-                            batch_size=cfg.sac.batch_size)
-        self.sac = SAC(world.OBS_DIM, world.ACT_DIM, sac_cfg, self.device,
+        self.sac = SAC(world.OBS_DIM, world.ACT_DIM, SACConfig(**cfg.policy_settings()), self.device,
                        seed=stream_seed(cfg.run.seed, self.rank, 1), obs_scale=world.WORLD_HIGH)
         self.real = ReplayBuffer(cfg.sac.buffer_size, world.OBS_DIM, world.ACT_DIM, self.device,
                                  seed=stream_seed(cfg.run.seed, self.rank, 2))
@@ -346,6 +344,7 @@ class Node:
             "records": self.records.state(),
             "residual": self.residual,
             "last_team_eval": self.last_team_eval,
+            "clock": dict(self.clock.seconds),  # wall-clock: the one part that differs between identical runs
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()},
         }
         if self.model is not None:
@@ -372,6 +371,7 @@ class Node:
         self.records.load_state(state["records"])
         self.residual = float(state["residual"])
         self.last_team_eval = float(state["last_team_eval"])
+        self.clock.seconds.update(state["clock"])
         self.rng.bit_generator.state = state["rng"]["numpy"]
         torch.set_rng_state(state["rng"]["torch"])
         python_state = state["rng"]["python"]
@@ -390,11 +390,12 @@ class Node:
         if common < 0:
             who = f"rank {self.rank} has none" if not mine else "another rank has none (see its message)"
             raise CheckpointError(f"cannot resume {self.run_dir}: no checkpoint common to every rank; {who}.")
-        error: CheckpointError | None = None
+        loaded = True
         try:
             self.load_state_dict(load_checkpoint(self.run_dir, self.rank, common))
         except CheckpointError as err:
-            error = err
-        if self.consensus.minimum_scalar(0.0 if error else 1.0) < 1.0:
-            raise error or CheckpointError(f"rank {self.rank}: another rank could not load step {common} (see its message).")
+            print(f"odmar_mpi.run: error: {err}", file=sys.stderr, flush=True)  # only this rank knows the file
+            loaded = False
+        if self.consensus.minimum_scalar(1.0 if loaded else 0.0) < 1.0:
+            raise CheckpointError(f"cannot resume {self.run_dir} from step {common}: a rank could not load its checkpoint (see its message above).")
         return common
