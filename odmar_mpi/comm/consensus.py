@@ -1,0 +1,233 @@
+"""Decentralised averaging of one flat float64 buffer per rank, over neighbour exchanges only.
+
+Round k computes x <- a_k (W x) + b_k x + c_k x_prev (coefficients from `weights.round_coefficients`),
+with W applied in place from the neighbours' buffers. Algorithms:
+
+- plain: x <- W x, for `rounds` rounds or until `tol`;
+- chebyshev: the Chebyshev semi-iterative recurrence tuned to W's non-unit eigenvalue interval;
+- finite-time: the K Leja-ordered factors (W - l_k) / (1 - l_k); exact average after K rounds.
+
+Tolerance mode (plain/chebyshev with `tol`): every rank stops at the same round with no central
+process. Each message carries, after the values, a window of D + 1 running maxima (D = diameter):
+slot s holds the largest local disagreement of s + 1 rounds ago over ranks within s hops. Slot D thus
+holds the same graph-wide maximum on every rank, D + 1 rounds late; all ranks stop when it is <= tol.
+The local disagreement of rank i is max_j |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf) over its
+neighbours j; the distance to the average is at most about D times it.
+
+Scalars (team reward, agreed flags and steps) take a different, cheaper path: every rank floods a
+vector of all n values for D rounds, then reduces it locally (math.fsum, min, max), so the result is
+exact and bit-identical on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from odmar_mpi.comm.exchange import ROUND_SPAN, NeighbourExchange
+from odmar_mpi.comm.topology import Graph, TopologyError, validate_graph
+from odmar_mpi.comm.weights import (ALGORITHMS, check_mixing_matrix, finite_time_schedule, predicted_rounds,
+                                    round_coefficients)
+
+MIN_TOL = 1e-14  # below float64 round-off of the disagreement measure: a tol this small would never be met
+TOL_CAP_FACTOR = 10  # tol mode without `rounds`: stop after 10x the spectral prediction (+ D) even if not agreed
+
+__all__ = ["ALGORITHMS", "Consensus", "ConsensusResult"]
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass
+class ConsensusResult:
+    """value: this rank's estimate, shape (size,), a new array; rounds: rounds run (equal on every rank);
+    residuals: when requested, entry k = this rank's local disagreement after k rounds, k = 0..rounds."""
+
+    value: np.ndarray
+    rounds: int
+    residuals: list[float] = field(default_factory=list)
+
+
+class Consensus:
+    """Average flat float64 buffers of length `size` over `graph` with mixing matrix `weights`.
+
+    Collective: every rank of comm constructs it with the same arguments (comm's size must equal
+    graph.n), and calls the same methods in the same order. `rounds` (plain/chebyshev) is the
+    number of rounds, or with `tol` the most rounds; finite-time always runs its K rounds and
+    ignores both. Raises TopologyError / WeightsError / ValueError before any message is sent;
+    exchanges raise NeighbourTimeout after `timeout_s` without an answer (the caller aborts).
+    """
+
+    def __init__(self, comm: MPI.Comm, graph: Graph, weights: np.ndarray, algorithm: str = "finite-time",
+                 rounds: int | None = None, tol: float | None = None, timeout_s: float = 60.0, size: int = 1) -> None:
+        if comm.Get_size() != graph.n:
+            raise TopologyError(f"the graph has {graph.n} ranks but the job runs {comm.Get_size()}; "
+                                f"build the graph for {comm.Get_size()} ranks (or launch {graph.n}).")
+        validate_graph(graph)
+        check_mixing_matrix(weights, graph)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f'comm.algorithm = "{algorithm}" is not known; choose one of {", ".join(ALGORITHMS)}.')
+        if size < 1:
+            raise ValueError(f"consensus buffer size must be >= 1 float64; got {size}.")
+        self.rank, self.n, self.size = comm.Get_rank(), graph.n, size
+        self.neighbours = graph.neighbours[self.rank]
+        self.diameter = graph.diameter()
+        self.self_weight = float(weights[self.rank, self.rank])
+        self.neighbour_weights = np.array([weights[self.rank, j] for j in self.neighbours])
+        self.algorithm = algorithm
+        self.tol = None if algorithm == "finite-time" else tol
+        self.max_rounds = self.schedule_length(weights, rounds)
+        self.coefficients = round_coefficients(weights, algorithm, self.max_rounds)
+
+        # Tol mode appends the window of D + 1 running maxima to every message.
+        self.window = self.diameter + 1 if self.tol is not None else 0
+        packet = size + self.window
+        self.buffers = [np.zeros(packet) for _ in range(3)]  # current, next, previous (Chebyshev) iterate
+        self.scratch = np.empty(size)
+        self.values = NeighbourExchange(comm, self.neighbours, packet, timeout_s, name="consensus")
+        self.scalars = NeighbourExchange(comm, self.neighbours, self.n, timeout_s, name="scalar gossip")
+        self.known = np.empty(self.n)  # the scalar flood: slot r = rank r's value, NaN until heard
+        self.calls = self.scalar_calls = 0
+
+    def schedule_length(self, weights: np.ndarray, rounds: int | None) -> int:
+        if self.n == 1:
+            return 0
+        if self.algorithm == "finite-time":
+            return len(finite_time_schedule(weights))
+        if self.tol is not None:
+            if not MIN_TOL <= self.tol < 1:
+                raise ValueError(f"comm.tol = {self.tol}: must be in [{MIN_TOL}, 1) (float64 round-off sets the floor).")
+            if rounds is None:
+                cap = TOL_CAP_FACTOR * predicted_rounds(weights, self.algorithm, self.tol) + self.diameter
+                rounds = min(cap, ROUND_SPAN - 1)
+        if rounds is None or rounds < 1:
+            raise ValueError(f'comm.algorithm = "{self.algorithm}" needs comm.rounds >= 1 or comm.tol > 0; '
+                             f'got rounds = {rounds} (or use comm.algorithm = "finite-time").')
+        if rounds >= ROUND_SPAN:
+            raise ValueError(f"comm.rounds = {rounds}: at most {ROUND_SPAN - 1} rounds per consensus call.")
+        return int(rounds)
+
+    # ------------------------------------------------------------------ vectors
+
+    def average(self, x: np.ndarray, *, record_residuals: bool = False,
+                on_round: Callable[[int, np.ndarray], None] | None = None) -> ConsensusResult:
+        """This rank's estimate of the average over ranks of x (shape (size,), float64); x is not modified.
+
+        record_residuals: also measure the local disagreement after each round (one extra exchange
+        at the end measures the final state). on_round(k, estimate) is called after k = 0..rounds
+        rounds with a read-only view of this rank's current estimate (for benchmarks; every rank
+        calls it at the same k, so it may be collective).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.size,):
+            raise ValueError(f"consensus input must have shape ({self.size},); got {x.shape}.")
+        self.calls += 1
+        current, following, previous = self.buffers
+        current[:self.size] = x
+        if self.window:
+            current[self.size:] = np.inf  # no disagreement measured yet: nothing may stop early
+        residuals: list[float] = []
+        measure = record_residuals or self.window > 0
+        rounds = 0
+        while rounds < self.max_rounds:
+            if on_round is not None:
+                on_round(rounds, read_only(current[:self.size]))
+            received = self.values.exchange(current, call=self.calls, round=rounds + 1)
+            if measure:
+                disagreement = self.disagreement(current, received)
+                if record_residuals:
+                    residuals.append(disagreement)
+            if self.window:
+                self.shift_window(following, current, received, disagreement)
+            self.mix(following, current, previous, received, self.coefficients[rounds])
+            current, following, previous = following, previous, current
+            rounds += 1
+            if self.window and current[-1] <= self.tol:  # slot D: the same graph-wide maximum on every rank
+                break
+        if on_round is not None:
+            on_round(rounds, read_only(current[:self.size]))
+        if record_residuals:
+            received = self.values.exchange(current, call=self.calls, round=rounds + 1)
+            residuals.append(self.disagreement(current, received))
+        self.buffers = [current, following, previous]
+        return ConsensusResult(current[:self.size].copy(), rounds, residuals)
+
+    def sum(self, x: np.ndarray, **kw) -> ConsensusResult:
+        """n times `average(x, **kw)`: this rank's estimate of the sum over ranks."""
+        result = self.average(x, **kw)
+        result.value *= self.n
+        return result
+
+    def mix(self, out: np.ndarray, current: np.ndarray, previous: np.ndarray, received: list[np.ndarray],
+            coefficients: np.ndarray) -> None:
+        """out = a (W x) + b x + c x_prev on the value part, in place (received buffers are scaled in place)."""
+        a, b, c = coefficients
+        size = self.size
+        np.multiply(current[:size], a * self.self_weight + b, out=out[:size])
+        for buffer, weight in zip(received, self.neighbour_weights):
+            np.multiply(buffer[:size], a * weight, out=buffer[:size])
+            np.add(out[:size], buffer[:size], out=out[:size])
+        if c:
+            np.multiply(previous[:size], c, out=previous[:size])
+            np.add(out[:size], previous[:size], out=out[:size])
+
+    def disagreement(self, current: np.ndarray, received: list[np.ndarray]) -> float:
+        """max over neighbours j of |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf); 0 when all are zero."""
+        size, scratch = self.size, self.scratch
+        own = float(np.abs(current[:size]).max())
+        worst = 0.0
+        for buffer in received:
+            np.subtract(buffer[:size], current[:size], out=scratch)
+            gap = float(np.abs(scratch, out=scratch).max())
+            if gap > 0:
+                worst = max(worst, gap / max(own, float(np.abs(buffer[:size], out=scratch).max())))
+        return worst
+
+    def shift_window(self, out: np.ndarray, current: np.ndarray, received: list[np.ndarray], disagreement: float) -> None:
+        """out's window: slot 0 = own disagreement now, slot s = max(own and neighbours' slot s - 1)."""
+        window = out[self.size:]
+        window[1:] = current[self.size:-1]
+        for buffer in received:
+            np.maximum(window[1:], buffer[self.size:-1], out=window[1:])
+        window[0] = disagreement
+
+    # ------------------------------------------------------------------ scalars
+
+    def gather_scalars(self, v: float) -> np.ndarray:
+        """Every rank's v, slot r = rank r's, on every rank: D rounds of flooding an n-vector (NaN = not heard yet).
+
+        Each slot has one source, so merging with fmin (which skips NaN) copies it unchanged.
+        """
+        self.scalar_calls += 1
+        known = self.known
+        known.fill(np.nan)
+        known[self.rank] = v
+        for round in range(1, self.diameter + 1):
+            for buffer in self.scalars.exchange(known, call=self.scalar_calls, round=round):
+                np.fmin(known, buffer, out=known)
+        return known
+
+    def sum_scalar(self, v: float) -> float:
+        """Exact (correctly rounded) sum over ranks of v, bit-identical on every rank."""
+        return math.fsum(self.gather_scalars(v).tolist())
+
+    def average_scalar(self, v: float) -> float:
+        return self.sum_scalar(v) / self.n
+
+    def minimum_scalar(self, v: float) -> float:
+        return float(self.gather_scalars(v).min())
+
+    def maximum_scalar(self, v: float) -> float:
+        return float(self.gather_scalars(v).max())
+
+    def free(self) -> None:
+        """Release both communicators; every rank calls it."""
+        self.values.free()
+        self.scalars.free()
