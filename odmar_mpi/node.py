@@ -75,6 +75,9 @@ class Node:
         self.n_agents = comm.Get_size()
         self.run_dir = Path(run_dir)
         torch.set_num_threads(cfg.run.torch_threads)
+        # Our streams use their own generators; the global ones are seeded too, so nothing depends on process entropy.
+        torch.manual_seed(stream_seed(cfg.run.seed, self.rank, 4))
+        random.seed(stream_seed(cfg.run.seed, self.rank, 5))
         self.device = select_device(cfg.run.device, local_rank(comm))
 
         graph = build_graph(

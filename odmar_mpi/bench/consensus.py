@@ -4,12 +4,15 @@ Every rank draws a random float64 buffer (--dim D, or --inducing M: the packed G
 M (M + 1) / 2 + 2 M entries). One consensus call records, after each round k, the largest relative
 error over ranks |x_i - mean|_2 / |mean|_2 against the exact mean from MPI.Allreduce; further calls
 are timed, as is a plain MPI.Allreduce of the same buffer in the same run. Rank 0 prints the result.
+ms_per_round is the median call time of the slowest rank divided by the rounds (so it includes
+copying the buffer in and out once per call).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 import click
 import numpy as np
@@ -24,7 +27,7 @@ FIGURE_TOL = 1e-10  # the error DESIGN.md's round counts are quoted for
 DEFAULT_TOL = 1e-12  # plain/chebyshev default: enough rounds to show the curve pass FIGURE_TOL
 
 
-def slowest_median_ms(comm: MPI.Comm, action, repeats: int) -> float:
+def slowest_median_ms(comm: MPI.Comm, action: Callable[[], object], repeats: int) -> float:
     """Median over repeats of the slowest rank's wall time for `action()` (collective), in ms."""
     times = []
     for _ in range(repeats):
@@ -36,9 +39,10 @@ def slowest_median_ms(comm: MPI.Comm, action, repeats: int) -> float:
 
 
 def run(comm: MPI.Comm, topology: str, weights: str, algorithm: str, size: int, rounds: int | None,
-        repeats: int, seed: int, timeout_s: float) -> dict:
+        repeats: int, seed: int, timeout_s: float, edges_file: str | None = None) -> dict:
+    """The benchmark's result on every rank (collective)."""
     ranks, rank = comm.Get_size(), comm.Get_rank()
-    graph = build_graph(topology, ranks, seed=seed)
+    graph = build_graph(topology, ranks, seed=seed, edges_file=edges_file)
     W = mixing_matrix(graph, weights)
     if rounds is None and algorithm != "finite-time":
         rounds = predicted_rounds(W, algorithm, DEFAULT_TOL)
@@ -64,7 +68,8 @@ def run(comm: MPI.Comm, topology: str, weights: str, algorithm: str, size: int, 
     return {
         "algorithm": algorithm, "topology": topology, "weights": weights, "ranks": ranks, "dim": size,
         "rounds": done, "rel_error_per_round": errors,
-        "rounds_to_1e-10": reached, "predicted_rounds_to_1e-10": predicted_rounds(W, algorithm, FIGURE_TOL),
+        "rounds_to_1e-10": reached,
+        "predicted_rounds_to_1e-10": predicted_rounds(W, algorithm, FIGURE_TOL),
         "second_largest_modulus": second_largest_modulus(W),
         "bytes_per_neighbour_per_round": size * np.dtype(np.float64).itemsize,
         "ms_per_round": ms_per_round, "consensus_ms": consensus_ms, "allreduce_ms": allreduce_ms,
@@ -99,17 +104,18 @@ def table(result: dict) -> str:
 @click.option("--rounds", type=click.IntRange(min=1),
               help="Rounds for plain/chebyshev [default: predicted for 1e-12]; finite-time always runs its K.")
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Timed calls; the median is reported.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--edges-file", type=click.Path(dir_okay=False), help='For --topology edges: one "i j" edge per line.')
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data and random graphs.")
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def cli(topology: str, weights: str, algorithm: str, dim: int | None, inducing: int | None, rounds: int | None,
-        repeats: int, seed: int, timeout_s: float, as_json: bool) -> None:
+        repeats: int, edges_file: str | None, seed: int, timeout_s: float, as_json: bool) -> None:
     """Neighbour-only consensus: error per round, bytes and time per round, against MPI.Allreduce. Run under mpiexec."""
     if (dim is None) == (inducing is None):
         raise click.UsageError("give exactly one of --dim D or --inducing M.")
     size = dim if dim is not None else packed_size(inducing, 2)
     comm = MPI.COMM_WORLD
-    result = run(comm, topology, weights, algorithm, size, rounds, repeats, seed, timeout_s)
+    result = run(comm, topology, weights, algorithm, size, rounds, repeats, seed, timeout_s, edges_file)
     if comm.Get_rank() == 0:
         print(json.dumps(result) if as_json else table(result), flush=True)
 

@@ -179,16 +179,16 @@ class Consensus:
             np.add(out[:size], previous[:size], out=out[:size])
 
     def disagreement(self, current: np.ndarray, received: list[np.ndarray]) -> float:
-        """max over neighbours j of |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf); 0 when all are zero."""
+        """max over neighbours j of |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf); 0 when all are zero, NaN for NaN data."""
         size, scratch = self.size, self.scratch
-        own = float(np.abs(current[:size]).max())
-        worst = 0.0
+        own = np.abs(current[:size]).max()
+        worst = np.float64(0.0)
         for buffer in received:
             np.subtract(buffer[:size], current[:size], out=scratch)
-            gap = float(np.abs(scratch, out=scratch).max())
-            if gap > 0:
-                worst = max(worst, gap / max(own, float(np.abs(buffer[:size], out=scratch).max())))
-        return worst
+            gap = np.abs(scratch, out=scratch).max()
+            if gap != 0:  # np.maximum, unlike max(), keeps a NaN
+                worst = np.maximum(worst, gap / np.maximum(own, np.abs(buffer[:size], out=scratch).max()))
+        return float(worst)
 
     def shift_window(self, out: np.ndarray, current: np.ndarray, received: list[np.ndarray], disagreement: float) -> None:
         """out's window: slot 0 = own disagreement now, slot s = max(own and neighbours' slot s - 1)."""
