@@ -28,8 +28,8 @@ test-serial: install
 	$(PY) -m pytest -q tests
 
 test-mpi: install
-	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider --with-mpi --only-mpi tests
-	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 4 $(PY) -m pytest -q -p no:cacheprovider --with-mpi --only-mpi tests
+	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
+	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 4 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
