@@ -3,8 +3,12 @@
 The reference is the usual two-separate-critic SAC (CleanRL's `sac_continuous_action.py` shape):
 two critic MLPs and two target MLPs, three optimisers, critic then actor then temperature steps
 with their own backward passes, and a Python-loop Polyak update. Ours: both critics as one
-batched network, one backward and one Adam step, `_foreach_lerp_` targets. The two are timed
-alternately in the same run (median of rounds) because the machine is shared.
+batched network, one backward and one (fused) Adam step, `_foreach_lerp_` targets. The two are
+timed alternately in the same run (median of rounds) in CPU seconds of this process, because the
+machine is shared and wall time would count other processes' turns.
+Both are bounded below by their matmuls: an update does 16 matmuls of the hidden-by-hidden size
+(critics: 2 forward + 4 backward, target critics 2, actor on next states 1, actor 1 + 2 backward,
+critics for the actor loss 2 forward + 2 input-gradient), printed as the "matmul floor".
 Also times `ReplayBuffer.add` (numpy staging) against writing each field with `tensor.copy_`.
 
 Run: .venv/bin/python benchmarks/sac_update.py [--updates 200 --rounds 5]
@@ -87,10 +91,10 @@ class ReferenceSAC:
 
 
 def seconds_per_call(fn: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (time.process_time() - start) / calls
 
 
 def time_alternately(candidates: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
@@ -126,12 +130,15 @@ def main() -> None:
     batch = buffer.sample(BATCH)
     ours, reference = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=0), ReferenceSAC(config, seed=0)
 
-    times = time_alternately({"ours": lambda: ours.update(batch), "reference": lambda: reference.update(batch)},
-                             args.updates, args.rounds)
+    hidden = config.hidden[-1]
+    left, right = torch.randn(BATCH, hidden), torch.randn(hidden, hidden)
+    times = time_alternately({"ours": lambda: ours.update(batch), "reference": lambda: reference.update(batch),
+                              "matmul": lambda: left @ right}, args.updates, args.rounds)
     print(f"SAC update, batch {BATCH}, hidden {config.hidden}, 1 thread (median of {args.rounds} x {args.updates}):")
     print(f"  ours (batched twin critic, one backward, one Adam, foreach Polyak): {times['ours'] * 1e3:7.3f} ms")
     print(f"  reference (two critics, three backward/steps, looped Polyak):      {times['reference'] * 1e3:7.3f} ms")
     print(f"  reference / ours = {times['reference'] / times['ours']:.2f}x")
+    print(f"  matmul floor: 16 x ({BATCH}x{hidden} @ {hidden}x{hidden}) = {16 * times['matmul'] * 1e3:7.3f} ms")
 
     fields = [rng.uniform(-10, 10, OBS_DIM), rng.uniform(-1, 1, ACT_DIM), np.float64(0.5),
               rng.uniform(-10, 10, OBS_DIM), np.float64(0.0)]

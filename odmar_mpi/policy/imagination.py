@@ -1,4 +1,9 @@
-"""Optimistic imagined rollouts: the current policy acting in the learned model, rewarded for uncertainty."""
+"""Optimistic imagined rollouts: the current policy acting in the learned model, rewarded for uncertainty.
+
+The caller stores the rollouts in a circular imagined buffer of capacity B * H * keep, so it holds
+exactly the last `keep` model updates' rollouts. This is a deliberate departure from the original,
+which never clears its imagined buffer: old rollouts come from an outdated model and policy.
+"""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ networks). This is exact, not an approximation of separate steps:
 - the temperature loss reaches only log alpha (it uses a detached log-probability);
 and Adam is elementwise, so one Adam over all parameters equals three Adams with the same
 learning rate. The difference from CleanRL/Spinning Up is only that the actor sees the critics
-before (not after) this step's critic update.
+before (not after) this step's critic update. No gradient clipping: the original's clipping ran
+after `optimizer.step()` and so never acted.
 """
 
 from __future__ import annotations
