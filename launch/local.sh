@@ -22,8 +22,10 @@ if (( ranks > cores )); then
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+set +e  # keep going after a failed run: report its status and folder below
 "$venv/bin/mpiexec" -n "$ranks" "$venv/bin/python" -m odmar_mpi.run "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+set -e
 run_dir=$(sed -n 's/^run folder \([^:]*\):.*/\1/p; s/^resuming \(.*\) from step.*/\1/p' "$log" | head -n 1)
 [[ -n $run_dir ]] && echo "run folder: $run_dir"
 exit "$status"

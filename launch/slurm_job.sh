@@ -8,7 +8,8 @@
 #   SRUN_MPI    srun's PMI plugin: pmix, or pmi2 on older sites (default: pmix)
 #   RUN_ROOT    a folder on a filesystem every node sees     (default: $SLURM_SUBMIT_DIR/runs)
 #   CONFIG      the TOML config for a new run                (default: configs/odmar_beta0.01.toml)
-#   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1"
+#   DEVICE_ARGS device options (the GPU script sets "--set run.device=cuda --set run.torch_threads=4")
+#   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1" (no spaces inside a value)
 set -euo pipefail
 : "${SLURM_SUBMIT_DIR:?submit with sbatch from the project root}"
 cd "$SLURM_SUBMIT_DIR"
@@ -28,8 +29,12 @@ else
     args=(--config "$CONFIG" --out "$run_dir")
 fi
 echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-?} ranks, run folder $run_dir"
-# shellcheck disable=SC2086  # EXTRA_ARGS is a list of options
-srun --mpi="$SRUN_MPI" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${EXTRA_ARGS:-}
+# DEVICE_ARGS and EXTRA_ARGS are space-separated options (no spaces inside a value, e.g.
+# --set sac.hidden=[64,64]); globbing is off so such a value is never taken for a file pattern.
+set -f
+# shellcheck disable=SC2086
+srun --mpi="$SRUN_MPI" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-}
+set +f
 if [[ -e $run_dir/COMPLETE ]]; then
     echo "$(date -Is) run complete: $run_dir"
 else
