@@ -25,7 +25,7 @@ run: install
 test: test-serial test-mpi
 
 test-serial: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m 'not mpi' tests
 
 test-mpi: install
 	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests

@@ -17,6 +17,7 @@ measured step time (the gradient arithmetic of the SAC update is counted once, e
 from __future__ import annotations
 
 import copy
+import os
 import json
 import random
 import sys
@@ -30,7 +31,6 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-import env as world
 from odmar_mpi.config import load_config
 from odmar_mpi.node import Node
 from odmar_mpi.policy.imagination import imagine_rollouts
@@ -110,7 +110,7 @@ def main(config_path: str, steps: int, repeats: int, as_json: bool) -> None:
     step_s = elapsed / steps
     saved_per_step = sac.updates_per_step * (ref_batch - ours_batch) + (ref_imag - ours_imag) / m.update_every
     result = {
-        "agents": comm.Get_size(), "cores": len(__import__("os").sched_getaffinity(0)), "steps": steps,
+        "agents": comm.Get_size(), "cores": len(os.sched_getaffinity(0)), "steps": steps,
         "updates_per_step": sac.updates_per_step, "num_inducing": m.num_inducing,
         "steps_per_s_per_agent": steps / elapsed,
         "phase_share": {k: v / sum(phases.values()) for k, v in phases.items()},
