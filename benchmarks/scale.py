@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Callable
 
 import click
 import numpy as np
 from mpi4py import MPI
 
+from odmar_mpi.bench.consensus import slowest_median_ms  # that module imports no torch
 from odmar_mpi.comm.consensus import Consensus
 from odmar_mpi.comm.topology import TOPOLOGIES, Graph, TopologyError, build_graph
 from odmar_mpi.comm.weights import ALGORITHMS, WEIGHT_SCHEMES, mixing_matrix, predicted_rounds, second_largest_modulus
@@ -50,17 +50,6 @@ CHUNK = 250  # plain consensus: rounds per call between checks of the tolerance
 def packed_statistics_size(num_inducing: int, out_dim: int = 2) -> int:
     """Length of the packed GP statistics, M (M + 1) / 2 + M d (as odmar_mpi.model.statistics.packed_size)."""
     return num_inducing * (num_inducing + 1) // 2 + num_inducing * out_dim
-
-
-def slowest_median_ms(comm: MPI.Comm, action: Callable[[], object], repeats: int) -> float:
-    """Median over repeats of the slowest rank's wall time of the collective `action()`, in ms."""
-    times = []
-    for _ in range(repeats):
-        comm.Barrier()
-        start = time.perf_counter()
-        action()
-        times.append(comm.allreduce(time.perf_counter() - start, op=MPI.MAX))
-    return 1e3 * float(np.median(times))
 
 
 def random_buffer(comm: MPI.Comm, size: int, seed: int) -> np.ndarray:

@@ -21,7 +21,6 @@ from mpi4py import MPI
 from odmar_mpi.comm.consensus import Consensus
 from odmar_mpi.comm.topology import TOPOLOGIES, build_graph
 from odmar_mpi.comm.weights import ALGORITHMS, WEIGHT_SCHEMES, mixing_matrix, predicted_rounds, second_largest_modulus
-from odmar_mpi.model.statistics import packed_size
 
 FIGURE_TOL = 1e-10  # the error DESIGN.md's round counts are quoted for
 DEFAULT_TOL = 1e-12  # plain/chebyshev default: enough rounds to show the curve pass FIGURE_TOL
@@ -113,7 +112,12 @@ def cli(topology: str, weights: str, algorithm: str, dim: int | None, inducing: 
     """Neighbour-only consensus: error per round, bytes and time per round, against MPI.Allreduce. Run under mpiexec."""
     if (dim is None) == (inducing is None):
         raise click.UsageError("give exactly one of --dim D or --inducing M.")
-    size = dim if dim is not None else packed_size(inducing, 2)
+    if dim is None:
+        from odmar_mpi.model.statistics import packed_size  # here, so the rest of this module never imports torch
+
+        size = packed_size(inducing, 2)
+    else:
+        size = dim
     comm = MPI.COMM_WORLD
     result = run(comm, topology, weights, algorithm, size, rounds, repeats, seed, timeout_s, edges_file)
     if comm.Get_rank() == 0:
