@@ -43,8 +43,9 @@ def install_abort_hook() -> None:
     sys.excepthook = hook
 
 
-def fail_everywhere(rank: int, err: Exception, *, every_rank_prints: bool = False) -> None:
-    if rank == 0 or every_rank_prints:
+def fail_everywhere(rank: int, err: Exception) -> None:
+    """Every rank met the same error: rank 0 says it once, every rank exits 2."""
+    if rank == 0:
         print(f"odmar_mpi.run: error: {err}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USAGE)
 
