@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from env.coupled import CoupledWorld, MissingWorldPackage, make_coupled_env, register_world
 from env.render import render_rgb
 from env.reward_world import (ACT_DIM, OBS_DIM, WORLD_HIGH, WORLD_LOW, AgentEnv, RewardFunction, agent_gains,
                               reward, reward_sites, start_positions)
 
 __all__ = ["ACT_DIM", "OBS_DIM", "WORLD_HIGH", "WORLD_LOW", "AgentEnv", "RewardFunction", "TeamEnv", "agent_gains",
-           "parallel_env", "render_rgb", "reward", "reward_sites", "start_positions"]
+           "parallel_env", "render_rgb", "reward", "reward_sites", "start_positions",
+           "CoupledWorld", "MissingWorldPackage", "make_coupled_env", "register_world"]
 
 
 def parallel_env(**kwargs: Any) -> Any:

@@ -1,0 +1,159 @@
+"""Coupled worlds: one rank's own copy of a world in which all agents step jointly (DESIGN.md section 9).
+
+MPE, SMAC and Flatland step all agents at once, so no rank can step "its" agent alone. Every rank
+therefore holds a full copy of the world: every copy is built with the same seed, every copy is reset
+with the same per-episode seed and stepped with the same joint action (which the ranks exchange each
+step), so all copies stay identical. A rank's learner reads only its own agent's observation and
+reward; `team_reward` is for reports.
+
+Any PettingZoo `ParallelEnv` plugs in: register a factory that builds it from the agent count, the
+episode length and world options, then name it in `make_coupled_env`::
+
+    register_world("my_world", lambda n_agents, episode_length, **options: MyParallelEnv(...))
+    world = CoupledWorld(make_coupled_env("my_world", 5, 25), agent_index=rank, seed=seed)
+
+The world must be deterministic given its reset seed and the joint actions (simple_spread is): that is
+what keeps the copies identical and lets `load_state_dict` replay an episode bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import numpy as np
+
+WorldFactory = Callable[..., Any]
+
+
+class MissingWorldPackage(ImportError):
+    """The package that provides a registered world is not installed (the message says how to install it)."""
+
+
+def _simple_spread(n_agents: int, episode_length: int, **options: Any) -> Any:
+    """MPE's cooperative navigation with discrete actions and half-local rewards (MAMBA's MPE setting)."""
+    try:
+        from mpe2 import simple_spread_v3
+    except ImportError as error:
+        raise MissingWorldPackage("world 'simple_spread' needs the package mpe2 (the PettingZoo MPE successor), "
+                                  "which is not installed: pip install mpe2") from error
+    settings = {"continuous_actions": False, "local_ratio": 0.5, **options}
+    return simple_spread_v3.parallel_env(N=n_agents, max_cycles=episode_length, **settings)
+
+
+WORLDS: dict[str, WorldFactory] = {"simple_spread": _simple_spread}
+
+
+def register_world(name: str, factory: WorldFactory) -> None:
+    """Make `make_coupled_env(name, n_agents, episode_length, **options)` call `factory` with those arguments;
+    the factory returns a PettingZoo ParallelEnv whose `possible_agents` has `n_agents` entries."""
+    WORLDS[name] = factory
+
+
+def make_coupled_env(name: str, n_agents: int, episode_length: int, **options: Any) -> Any:
+    """A fresh ParallelEnv of the registered world `name` with `n_agents` agents, truncated after
+    `episode_length` steps; `options` go to the world's factory (e.g. local_ratio for simple_spread)."""
+    if name not in WORLDS:
+        raise ValueError(f"world = {name!r} is not registered; known worlds: {sorted(WORLDS)} "
+                         "(register another with env.coupled.register_world)")
+    if n_agents < 1 or episode_length < 1:
+        raise ValueError(f"world {name!r}: n_agents = {n_agents} and episode_length = {episode_length} "
+                         "must both be >= 1")
+    return WORLDS[name](n_agents, episode_length, **options)
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of episode `episode` (0, 1, ...) of a run seeded `seed`: the same on every rank."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
+
+
+class CoupledWorld:
+    """Rank `agent_index`'s copy of a jointly stepped ParallelEnv.
+
+    `reset()` starts episode k (k = 0, 1, ... counted by this copy) with the seed `episode_seed(seed, k)`;
+    `step(joint_actions)` steps every agent still in the world with its entry of the joint action.
+    The copy records the joint actions since the last reset, so `state_dict()` is a few numbers and
+    `load_state_dict()` rebuilds the exact world by replaying them.
+    """
+
+    def __init__(self, env: Any, agent_index: int, seed: int) -> None:
+        self.env = env
+        self.agents = list(env.possible_agents)
+        self.n_agents = len(self.agents)
+        if not 0 <= agent_index < self.n_agents:
+            raise ValueError(f"agent_index = {agent_index}: the world has {self.n_agents} agents, so it must be in "
+                             f"[0, {self.n_agents - 1}] (one rank per agent: run as many ranks as agents)")
+        self.agent_index = int(agent_index)
+        self.agent = self.agents[agent_index]
+        self.seed = int(seed)
+        space = env.observation_space(self.agent)
+        self.obs_dim = int(np.prod(space.shape))
+        action_space = env.action_space(self.agent)
+        self.discrete = hasattr(action_space, "n")
+        self.n_actions = int(action_space.n) if self.discrete else None
+        self.action_shape = () if self.discrete else tuple(action_space.shape)
+        self.episode = 0  # resets done so far
+        self.team_reward = 0.0
+        self._observations: dict[str, np.ndarray] = {}
+        self._actions: list[np.ndarray] = []  # joint actions since the last reset
+
+    def reset(self) -> np.ndarray:
+        """Start the next episode; returns the own observation (obs_dim,)."""
+        observations, _ = self.env.reset(seed=episode_seed(self.seed, self.episode))
+        self.episode += 1
+        self._actions = []
+        self.team_reward = 0.0
+        self._observations = {agent: np.asarray(obs) for agent, obs in observations.items()}
+        return self._observations[self.agent].copy()
+
+    def step(self, joint_actions: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Step all agents still in the world with `joint_actions` (n_agents,) of action indices (or
+        (n_agents, *action_shape) for Box actions); returns the own (observation, reward, terminated,
+        truncated). Once the own agent has left the world its last observation and a zero reward come back."""
+        joint_actions = np.asarray(joint_actions)
+        expected = (self.n_agents, *self.action_shape)
+        if joint_actions.shape != expected:
+            raise ValueError(f"joint_actions has shape {joint_actions.shape}; expected {expected} "
+                             "(one action per agent, in the order of possible_agents)")
+        if not self.env.agents:
+            raise RuntimeError("CoupledWorld.step after the episode ended: call reset() first")
+        actions = {agent: self._action(joint_actions[k]) for k, agent in enumerate(self.agents)
+                   if agent in self.env.agents}
+        observations, rewards, terminations, truncations, _ = self.env.step(actions)
+        self._actions.append(joint_actions.copy())
+        self._observations.update({agent: np.asarray(obs) for agent, obs in observations.items()})
+        self.team_reward = float(sum(rewards.values()))
+        return (self._observations[self.agent].copy(), float(rewards.get(self.agent, 0.0)),
+                bool(terminations.get(self.agent, True)), bool(truncations.get(self.agent, False)))
+
+    def _action(self, action: np.ndarray) -> Any:
+        return int(action) if self.discrete else action.astype(np.float32)
+
+    def digest(self) -> str:
+        """SHA-256 of every agent's current observation (in possible_agents order): equal on all copies."""
+        hasher = hashlib.sha256()
+        for agent in self.agents:
+            if agent in self._observations:
+                hasher.update(agent.encode())
+                hasher.update(np.ascontiguousarray(self._observations[agent]).tobytes())
+        return hasher.hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The resets done and the joint actions since the last one: enough to rebuild the world exactly."""
+        shape = (len(self._actions), *(self.n_agents, *self.action_shape))
+        actions = np.stack(self._actions) if self._actions else np.zeros(shape)
+        return {"seed": self.seed, "episode": self.episode, "actions": actions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the world of `state` by resetting its episode and replaying its joint actions."""
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"CoupledWorld state has seed {state['seed']} but this world was built with seed "
+                             f"{self.seed}: resume with the run's original seed")
+        episode = int(state["episode"])
+        self.episode = max(episode - 1, 0)
+        self._actions, self._observations, self.team_reward = [], {}, 0.0
+        if episode == 0:
+            return
+        self.reset()
+        for joint_actions in np.asarray(state["actions"]):
+            self.step(joint_actions)
