@@ -68,7 +68,9 @@ class Records:
                 for column in columns:
                     group.create_dataset(column, data=self.column(name, column))
 
-        write_atomic_h5(path, fill)
+        rank = attrs.get("rank")
+        # An OS failure (disk full, ...) raises CheckpointWriteError naming the rank, the path and the fix.
+        write_atomic_h5(path, fill, rank=None if rank is None else int(rank), what="records file")
 
 
 def read_records(path: Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
