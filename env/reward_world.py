@@ -208,3 +208,15 @@ class AgentEnv:
         self.t += 1
         own_reward = float(self.reward_fn(self.position, action))
         return self.position.copy(), own_reward, self.t == self.episode_length
+
+    def sample_action(self, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly random action (warm-up exploration), drawn from `rng`."""
+        return rng.uniform(-1.0, 1.0, ACT_DIM)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the agent is and how far into the episode (the world's only changing state)."""
+        return {"position": self.position.copy(), "t": self.t}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position[:] = state["position"]
+        self.t = int(state["t"])

@@ -23,13 +23,13 @@ import numpy as np
 
 from odmar_mpi.checkpoint import CheckpointError, load_checkpoint, local_steps
 from odmar_mpi.config import Config, ConfigError, config_from_dict
-from odmar_mpi.records import TABLES, read_records, records_path
+from odmar_mpi.records import read_records, records_path
+from odmar_mpi.telemetry import PHASES
 
 EXIT_USAGE = 2
 # team_return is an exact gossip sum, identical on every rank up to summation order.
 TEAM_RETURN_RTOL = 1e-9
 MAX_EVAL_ROWS = 12
-PHASES = TABLES["timing"][1:]
 GIF_EVERY = 2  # render every 2nd step: half the frames, motion still smooth
 GIF_SIZE = 300  # pixels per side
 GIF_FPS = 10
@@ -121,6 +121,8 @@ def team_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
 
 def holdout_curve(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(steps, model held-out RMSE averaged over ranks, NaN where no rank has one) per model update."""
+    if any("model" not in t for t in run.ranks):
+        return np.empty(0), np.empty(0)
     rows = min(len(t["model"]["step"]) for t in run.ranks)
     per_rank = np.stack([t["model"]["holdout_rmse"][:rows] for t in run.ranks])
     mean = np.array([_finite_mean(per_rank[:, i]) for i in range(rows)], dtype=np.float64)
@@ -179,14 +181,15 @@ def _model_error(run: Run) -> dict[str, Any] | None:
     steps, rmse = holdout_curve(run)
     if not steps.size:
         return None
-    final_eval = _finite_mean(np.array([t["eval"]["model_rmse"][-1] for t in run.ranks if t["eval"]["step"].size]))
+    final_eval = _finite_mean(np.array([t["model_eval"]["model_rmse"][-1] for t in run.ranks
+                                        if t.get("model_eval", {}).get("step", np.empty(0)).size]))
     return {"updates": int(steps.size), "first_step": int(steps[0]), "first_holdout_rmse": _number(rmse[0]),
             "last_step": int(steps[-1]), "last_holdout_rmse": _number(rmse[-1]), "final_eval_rmse": _number(final_eval)}
 
 
 def _consensus(run: Run) -> dict[str, Any] | None:
     """Gossip rounds per model update and the residual left after the last round, over all ranks and updates."""
-    tables = [t["model"] for t in run.ranks if t["model"]["step"].size]
+    tables = [t["model"] for t in run.ranks if "model" in t and t["model"]["step"].size]
     if not tables:
         return None
     rounds = np.concatenate([t["consensus_rounds"] for t in tables])
@@ -363,17 +366,14 @@ def newest_common_checkpoint(run_dir: Path, agents: int) -> int:
 
 def load_actors(run: Run, step: int) -> list[Callable[[np.ndarray], np.ndarray]]:
     """Each rank's deterministic policy (obs (2,) -> action (2,)) from its checkpoint at `step`, on the CPU."""
-    import torch
+    from odmar_mpi.learners.sac import build_sac
+    from odmar_mpi.worlds import make_world
 
-    import env as world
-    from odmar_mpi.policy.sac import SAC, SACConfig
-
-    # The same networks as Node builds them, so the checkpoint's state dict fits.
-    sac_cfg = SACConfig(**run.config.policy_settings())
     actors = []
     for rank in range(len(run.ranks)):
-        sac = SAC(world.OBS_DIM, world.ACT_DIM, sac_cfg, torch.device("cpu"), seed=0, obs_scale=world.WORLD_HIGH)
-        sac.load_state_dict(load_checkpoint(run.path, rank, step)["sac"])
+        # The same networks as the learner builds them, so the checkpoint's state dict fits.
+        sac = build_sac(run.config, make_world(run.config, rank, len(run.ranks)), "cpu", seed=0)
+        sac.load_state_dict(load_checkpoint(run.path, rank, step)["learner"]["sac"])
         actors.append(lambda obs, sac=sac: sac.act(obs, deterministic=True))
     return actors
 

@@ -57,38 +57,38 @@ def abort_with_message(rank: int, err: Exception) -> None:
     MPI.COMM_WORLD.Abort(1)
 
 
-def agree_run_folder(node, out: Path | None, resume: Path | None) -> Path:
+def agree_run_folder(flood, out: Path | None, resume: Path | None) -> Path:
     """The run folder every rank uses; a default name comes from the latest start time over all ranks."""
     if resume is not None:
         return resume
     if out is not None:
         run_dir = out
     else:
-        started = node.consensus.maximum_scalar(float(int(time.time())))
+        started = flood.maximum(float(int(time.time())))
         run_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     taken = (run_dir / "checkpoints").exists() or (run_dir / "records").exists()
     # The gossip completes only after every rank has looked, so nobody sees a folder another rank just made.
-    if node.consensus.maximum_scalar(1.0 if taken else 0.0) > 0:
+    if flood.maximum(1.0 if taken else 0.0) > 0:
         raise RunFolderError(
             f"run folder {run_dir} already holds a run; continue it with --resume {run_dir}, or pass another --out."
         )
     return run_dir
 
 
-def prepare_run_folder(node, run_dir: Path) -> None:
+def prepare_run_folder(flood, rank: int, run_dir: Path) -> None:
     """Create the folders and prove they are writable on every rank before any training."""
     problem = ""
     try:
         for sub in ("records", "checkpoints"):
             (run_dir / sub).mkdir(parents=True, exist_ok=True)
-        probe = run_dir / "checkpoints" / f".probe{node.rank}"
+        probe = run_dir / "checkpoints" / f".probe{rank}"
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        problem = f"rank {node.rank}: cannot write to run folder {run_dir} ({err.strerror}); pass a writable --out."
+        problem = f"rank {rank}: cannot write to run folder {run_dir} ({err.strerror}); pass a writable --out."
     if problem:
         print(f"odmar_mpi.run: error: {problem}", file=sys.stderr, flush=True)
-    if node.consensus.minimum_scalar(0.0 if problem else 1.0) < 1.0:
+    if flood.minimum(0.0 if problem else 1.0) < 1.0:
         raise RunFolderError(problem or f"another rank cannot write to run folder {run_dir} (see its message).")
 
 
@@ -113,6 +113,14 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     install_abort_hook()
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    import os
+
+    from odmar_mpi.launch_check import check_world_size
+
+    # A mis-wired launch starts N one-rank worlds (N singletons): each refuses, each says it once.
+    refusal = check_world_size(comm.Get_size(), os.environ)
+    if refusal is not None:
+        fail_everywhere(rank, RuntimeError(refusal))
     try:
         if resume is not None:
             if config_path is not None or out is not None:
@@ -128,41 +136,48 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
 
     from odmar_mpi.checkpoint import CheckpointError
     from odmar_mpi.comm.exchange import NeighbourTimeout
-    from odmar_mpi.model.sparse_gp import PosteriorError
-    from odmar_mpi.node import Node, NonFiniteError
+    from odmar_mpi.comm.flood import Flood
+    from odmar_mpi.learners.sac import NonFiniteError
+    from odmar_mpi.node import Node
 
-    node = Node(cfg, comm, run_dir=Path("."))
+    graph = cfg.comm.graph(comm.Get_size(), cfg.run.seed)
+    flood = Flood(comm, graph, timeout_s=cfg.comm.timeout_s, name="run agreement")
     try:
-        node.run_dir = agree_run_folder(node, out, resume)
-        prepare_run_folder(node, node.run_dir)
+        run_dir = agree_run_folder(flood, out, resume)
+        prepare_run_folder(flood, rank, run_dir)
+    except RunFolderError as err:
+        fail_everywhere(rank, err)
+
+    node = Node(cfg, comm, graph, run_dir)
+    try:
         if resume is not None:
-            step = node.resume()
+            step = node.resume(flood)
             if rank == 0:
-                print(f"resuming {node.run_dir} from step {step} with {comm.Get_size()} agents", flush=True)
+                print(f"resuming {run_dir} from step {step} with {comm.Get_size()} agents", flush=True)
         elif rank == 0:
-            (node.run_dir / "config.toml").write_text(to_toml(cfg))
-            print(f"run folder {node.run_dir}: {comm.Get_size()} agents, algorithm {cfg.run.algorithm}, "
+            (run_dir / "config.toml").write_text(to_toml(cfg))
+            print(f"run folder {run_dir}: {comm.Get_size()} agents, algorithm {cfg.run.algorithm}, "
                   f"{cfg.total_steps} steps each on {node.device}", flush=True)
-    except (RunFolderError, CheckpointError) as err:
+    except CheckpointError as err:
         fail_everywhere(rank, err)
 
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, node.request_stop)
     try:
         completed = node.train()
-    except (NonFiniteError, NeighbourTimeout, PosteriorError, CheckpointError) as err:
+    except (NonFiniteError, NeighbourTimeout, CheckpointError) as err:
         abort_with_message(rank, err)  # one rank's failure ends every rank, with its message first
-    node.consensus.minimum_scalar(1.0)  # every rank has written its records
+    flood.barrier()  # every rank has written its records
     if rank != 0:
         return
     if not completed:
         print(f"stopped on request at step {node.step}; every rank checkpointed. "
-              f"Continue with: python -m odmar_mpi.run --resume {node.run_dir}", flush=True)
+              f"Continue with: python -m odmar_mpi.run --resume {run_dir}", flush=True)
         return
-    (node.run_dir / COMPLETE_MARK).write_text(f"{node.step}\n")
+    (run_dir / COMPLETE_MARK).write_text(f"{node.step}\n")
     from odmar_mpi.report import final_report
 
-    final_report(node.run_dir)
+    final_report(run_dir)
 
 
 if __name__ == "__main__":

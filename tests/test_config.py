@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from odmar_mpi.check import main as check_main
-from odmar_mpi.config import Config, ConfigError, load_config, to_toml, validate
+from odmar_mpi.config import Config, ConfigError, config_from_dict, load_config, to_toml, validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -75,7 +75,14 @@ def test_round_trip_through_toml(tmp_path):
         ("model.beta=-0.01", "model.beta = -0.01 is out of range; allowed: >= 0"),
         ("sac.gamma=1.0", "sac.gamma = 1.0 is out of range; allowed: >= 0 and < 1"),
         ("comm.algorithm=gossip", "comm.algorithm = 'gossip' is not allowed; choose one of plain, chebyshev, finite-time"),
-        ("comm.topology=rnig", "comm.topology = 'rnig' is not a known graph. Did you mean 'ring'?"),
+        ("comm.topology=rnig", "comm.topology = 'rnig' is not allowed; choose one of ring, path, star"),
+        ("comm.topology=rnig", "Did you mean 'ring'?"),
+        ("sac.learning_rate=0.001", "unknown config key sac.learning_rate. Did you mean 'lr'?"),
+        ("model.noise_var=inf", "model.noise_var = inf is not a finite number; allowed: > 0"),
+        ("model.beta=nan", "model.beta = nan is not a finite number"),
+        ("sac.hidden=[64, 0]", "sac.hidden = [64, 0] is out of range; allowed: >= 1"),
+        ("comm.tol=1e-20", "comm.tol = 1e-20 is out of range; allowed: 0 (off) or >= 1e-14 and < 1"),
+        ("comm.rounds=70000", "comm.rounds = 70000 is out of range; allowed: >= 0 and <= 65535"),
         ("sac.hidden=[]", "sac.hidden = []"),
     ],
 )
@@ -83,6 +90,14 @@ def test_bad_values_are_refused_with_the_key_the_value_and_what_is_allowed(overr
     result = check("--ranks", "4", "--set", override)
     assert result.exit_code == 2
     assert expected in result.output
+
+
+def test_an_unknown_top_level_key_is_named_as_a_key_with_its_section():
+    result = check("--set", "seed=3")
+    assert result.exit_code == 2 and "expected section.key=value" in result.output
+    with pytest.raises(ConfigError, match=r"unknown top-level key 'beta' = 0.1: every setting belongs to a section.*"
+                                          r"Did you mean model.beta\?"):
+        config_from_dict({"beta": 0.1})
 
 
 def test_malformed_override_explains_the_syntax():

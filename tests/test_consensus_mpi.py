@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 from odmar_mpi.comm.consensus import ALGORITHMS, Consensus
 from odmar_mpi.comm.exchange import NeighbourExchange, NeighbourTimeout
+from odmar_mpi.comm.flood import Flood
 from odmar_mpi.comm.topology import Graph, TopologyError, build_graph
 from odmar_mpi.comm.weights import WeightsError, finite_time_schedule, mixing_matrix, predicted_rounds
 
@@ -75,8 +76,10 @@ def test_one_rank_world_returns_its_own_value_in_zero_rounds():
     x = np.array([1.5, -2.0, 3.25])
     result = consensus.average(x, record_residuals=True)
     assert result.rounds == 0 and np.array_equal(result.value, x) and result.residuals == [0.0]
-    assert consensus.sum_scalar(2.5) == consensus.minimum_scalar(2.5) == consensus.maximum_scalar(2.5) == 2.5
     consensus.free()
+    flood = Flood(MPI.COMM_SELF, graph)
+    assert flood.sum(2.5) == flood.minimum(2.5) == flood.maximum(2.5) == 2.5
+    flood.free()
 
 
 # ---------------------------------------------------------------------------- averaging
@@ -183,18 +186,17 @@ def test_residuals_measure_neighbour_disagreement_before_and_after(comm):
 
 
 @pytest.mark.mpi(min_size=2)
-def test_scalar_sum_min_max_are_exact_and_identical_on_every_rank(comm):
+def test_flooded_scalar_sum_min_max_are_exact_and_identical_on_every_rank(comm):
     n, rank = comm.Get_size(), comm.Get_rank()
     graph = build_graph("path", n)
-    consensus = Consensus(comm, graph, mixing_matrix(graph), "plain", rounds=1, timeout_s=TIMEOUT_S, size=1)
+    flood = Flood(comm, graph, timeout_s=TIMEOUT_S)
     # 1e16 + 1 - 1e16 loses the 1 when summed left to right: only an exactly rounded sum gets these right.
     values = np.array([(1e16, 1.0, -1e16, 0.5)[r % 4] * (1 + r // 4) for r in range(n)])
-    results = [consensus.sum_scalar(values[rank]), consensus.average_scalar(values[rank]),
-               consensus.minimum_scalar(values[rank]), consensus.maximum_scalar(values[rank])]
-    repeated = [consensus.sum_scalar(float(rank + step)) for step in range(3)]  # calls reuse the buffers
-    consensus.free()
+    results = [flood.sum(values[rank]), flood.minimum(values[rank]), flood.maximum(values[rank])]
+    repeated = [flood.sum(float(rank + step)) for step in range(3)]  # calls reuse the buffers
+    flood.free()
     everyone = comm.allgather(results)
-    assert results == [math.fsum(values), math.fsum(values) / n, values.min(), values.max()]
+    assert results == [math.fsum(values), values.min(), values.max()]
     assert everyone == [results] * n
     assert repeated == [math.fsum(range(step, n + step)) for step in range(3)]
 

@@ -14,9 +14,11 @@ from click.testing import CliRunner
 
 import env as world
 from odmar_mpi.config import Config, to_toml
+from odmar_mpi.learners import learner_class
 from odmar_mpi.records import Records, records_path
 from odmar_mpi.report import (eval_rows_to_show, final_report, format_table, load_run, main, plot_learning_curves,
                               rollout_frames, summarise)
+from odmar_mpi.telemetry import NODE_TABLES
 
 AGENTS = 3
 EVAL_STEPS = [100, 200, 300]
@@ -35,23 +37,24 @@ def write_run(run_dir: Path, cfg: Config | None = None, team: list[float] = TEAM
     run_dir.mkdir(parents=True)
     (run_dir / "config.toml").write_text(to_toml(cfg))
     for rank in range(AGENTS):
-        records = Records()
+        records = Records({**NODE_TABLES, **learner_class(cfg.run.algorithm).tables})
         for step in range(50, LAST_EPISODE_STEP + 1, 50):
             records.append("episodes", step=step, own_return=1.0, **{"return": 3.0})
         rank_team = (team_on_rank or {}).get(rank, team)
         for k, step in enumerate(EVAL_STEPS):
             own = team[k] / AGENTS + (rank - 1) * 0.5  # offsets -0.5, 0, 0.5 sum to zero over the ranks
             last = k == len(EVAL_STEPS) - 1
-            records.append("eval", step=step, own_return=own, team_return=rank_team[k],
-                           model_rmse=EVAL_RMSE[rank] if last else 1.0)
+            records.append("eval", step=step, own_return=own, team_return=rank_team[k], optimal_share=math.nan)
             records.append("timing", step=step, env=(1 + rank) * (k + 1) / 3, model=2.0 * (k + 1) / 3,
-                           gossip=0.5 * rank * (k + 1) / 3, imagination=0.0, updates=0.0, eval=0.0, checkpoint=0.0)
+                           gossip=0.5 * rank * (k + 1) / 3, observe=0.0, imagination=0.0, updates=0.0, eval=0.0,
+                           checkpoint=0.0)
             records.append("sac", step=step, critic_loss=1.0, actor_loss=-1.0, alpha=0.1, entropy=-2.0, q_mean=5.0)
             if cfg.uses_model:
                 holdout = math.nan if (rank == 2 and k == 0) else HOLDOUT[k] + 0.125 * rank
                 records.append("model", step=step, consensus_rounds=4 if (rank == 1 and k == 1) else 3,
                                consensus_residual=(rank + 1) * 10.0 ** -(10 + k), holdout_rmse=holdout,
-                               bonus_mean=0.1, std_mean=0.2, imagined_reward_mean=0.3)
+                               bonus_mean=0.1, std_mean=0.2, imagined_reward_mean=0.3, posterior_failed=0.0)
+                records.append("model_eval", step=step, model_rmse=EVAL_RMSE[rank] if last else 1.0)
         records.write(records_path(run_dir, rank), {"config": to_toml(cfg), "version": "0.1.0", "rank": rank,
                                                      "agents": AGENTS, "device": "cpu"})
     return run_dir
@@ -84,8 +87,8 @@ def test_json_summary_is_what_the_records_say(tmp_path):
                                     "last_max_residual": 3 * 10.0**-12}
     timing = summary["timing"]
     assert timing["step"] == 300 and timing["total_s"] == 4.5
-    assert timing["seconds"] == {"env": 2.0, "model": 2.0, "gossip": 0.5, "imagination": 0.0, "updates": 0.0,
-                                 "eval": 0.0, "checkpoint": 0.0}
+    assert timing["seconds"] == {"env": 2.0, "model": 2.0, "gossip": 0.5, "observe": 0.0, "imagination": 0.0,
+                                 "updates": 0.0, "eval": 0.0, "checkpoint": 0.0}
     assert timing["steps_per_s"] == 300 / 4.5
     assert summary["warnings"] == []
 
@@ -203,9 +206,9 @@ def test_gif_animates_the_newest_checkpoint_every_rank_has(tmp_path):
     for rank in range(AGENTS):
         sac = sac_module.SAC(world.OBS_DIM, world.ACT_DIM, sac_cfg, torch.device("cpu"), seed=rank,
                              obs_scale=world.WORLD_HIGH)
-        save_checkpoint(run, rank, 300, {"sac": sac.state_dict()}, keep=2)
+        save_checkpoint(run, rank, 300, {"learner": {"sac": sac.state_dict()}}, keep=2)
         if rank == 0:  # a newer step only rank 0 has: not usable for the whole team
-            save_checkpoint(run, rank, 400, {"sac": sac.state_dict()}, keep=2)
+            save_checkpoint(run, rank, 400, {"learner": {"sac": sac.state_dict()}}, keep=2)
     gif = tmp_path / "team.gif"
     result = report(run, "--gif", gif)
     assert result.exit_code == 0, result.output

@@ -14,26 +14,24 @@ holds the same graph-wide maximum on every rank, D + 1 rounds late; all ranks st
 The local disagreement of rank i is max_j |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf) over its
 neighbours j; the distance to the average is at most about D times it.
 
-Scalars (team reward, agreed flags and steps) take a different, cheaper path: every rank floods a
-vector of all n values for D rounds, then reduces it locally (math.fsum, min, max), so the result is
-exact and bit-identical on every rank.
+Scalars (team reward, agreed flags and steps) take other paths: `flood.Flood` and
+`step_gossip.StepGossip`, exact and bit-identical on every rank.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
 
-from odmar_mpi.comm.exchange import ROUND_SPAN, NeighbourExchange
+from odmar_mpi.comm.exchange import NeighbourExchange
+from odmar_mpi.comm.limits import MAX_ROUNDS, MIN_TOL
 from odmar_mpi.comm.topology import Graph, TopologyError, validate_graph
 from odmar_mpi.comm.weights import (ALGORITHMS, check_mixing_matrix, finite_time_schedule, predicted_rounds,
                                     round_coefficients)
 
-MIN_TOL = 1e-14  # below float64 round-off of the disagreement measure: a tol this small would never be met
 TOL_CAP_FACTOR = 10  # tol mode without `rounds`: stop after 10x the spectral prediction (+ D) even if not agreed
 
 __all__ = ["ALGORITHMS", "Consensus", "ConsensusResult"]
@@ -92,9 +90,7 @@ class Consensus:
         self.buffers = [np.zeros(packet) for _ in range(3)]  # current, next, previous (Chebyshev) iterate
         self.scratch = np.empty(size)
         self.values = NeighbourExchange(comm, self.neighbours, packet, timeout_s, name="consensus")
-        self.scalars = NeighbourExchange(comm, self.neighbours, self.n, timeout_s, name="scalar gossip")
-        self.known = np.empty(self.n)  # the scalar flood: slot r = rank r's value, NaN until heard
-        self.calls = self.scalar_calls = 0
+        self.calls = 0
 
     def schedule_length(self, weights: np.ndarray, rounds: int | None) -> int:
         if self.n == 1:
@@ -106,12 +102,12 @@ class Consensus:
                 raise ValueError(f"comm.tol = {self.tol}: must be in [{MIN_TOL}, 1) (float64 round-off sets the floor).")
             if rounds is None:
                 cap = TOL_CAP_FACTOR * predicted_rounds(weights, self.algorithm, self.tol) + self.diameter
-                rounds = min(cap, ROUND_SPAN - 1)
+                rounds = min(cap, MAX_ROUNDS)
         if rounds is None or rounds < 1:
             raise ValueError(f'comm.algorithm = "{self.algorithm}" needs comm.rounds >= 1 or comm.tol > 0; '
                              f'got rounds = {rounds} (or use comm.algorithm = "finite-time").')
-        if rounds >= ROUND_SPAN:
-            raise ValueError(f"comm.rounds = {rounds}: at most {ROUND_SPAN - 1} rounds per consensus call.")
+        if rounds > MAX_ROUNDS:
+            raise ValueError(f"comm.rounds = {rounds}: at most {MAX_ROUNDS} rounds per consensus call.")
         return int(rounds)
 
     # ------------------------------------------------------------------ vectors
@@ -198,36 +194,38 @@ class Consensus:
             np.maximum(window[1:], buffer[self.size:-1], out=window[1:])
         window[0] = disagreement
 
-    # ------------------------------------------------------------------ scalars
+    def free(self) -> None:
+        """Release the communicator; every rank calls it."""
+        self.values.free()
 
-    def gather_scalars(self, v: float) -> np.ndarray:
-        """Every rank's v, slot r = rank r's, on every rank: D rounds of flooding an n-vector (NaN = not heard yet).
 
-        Each slot has one source, so merging with fmin (which skips NaN) copies it unchanged.
-        """
-        self.scalar_calls += 1
-        known = self.known
-        known.fill(np.nan)
-        known[self.rank] = v
-        for round in range(1, self.diameter + 1):
-            for buffer in self.scalars.exchange(known, call=self.scalar_calls, round=round):
-                np.fmin(known, buffer, out=known)
-        return known
+class VectorGossip:
+    """The handle a learner gossips through: consensus over whatever flat buffers it hands in.
 
-    def sum_scalar(self, v: float) -> float:
-        """Exact (correctly rounded) sum over ranks of v, bit-identical on every rank."""
-        return math.fsum(self.gather_scalars(v).tolist())
+    One `Consensus` per buffer size, built on first use. Collective: every rank asks for the same
+    sizes in the same order (learners call it at the same step on every rank, by construction).
+    """
 
-    def average_scalar(self, v: float) -> float:
-        return self.sum_scalar(v) / self.n
+    def __init__(self, comm: MPI.Comm, graph: Graph, weights: np.ndarray, *, algorithm: str,
+                 rounds: int | None, tol: float | None, timeout_s: float) -> None:
+        self.comm, self.graph, self.weights = comm, graph, weights
+        self.settings = dict(algorithm=algorithm, rounds=rounds, tol=tol, timeout_s=timeout_s)
+        self.n = graph.n
+        self.pool: dict[int, Consensus] = {}
 
-    def minimum_scalar(self, v: float) -> float:
-        return float(self.gather_scalars(v).min())
+    def consensus(self, size: int) -> Consensus:
+        if size not in self.pool:
+            self.pool[size] = Consensus(self.comm, self.graph, self.weights, size=size, **self.settings)
+        return self.pool[size]
 
-    def maximum_scalar(self, v: float) -> float:
-        return float(self.gather_scalars(v).max())
+    def average(self, x: np.ndarray, **kw) -> ConsensusResult:
+        """This rank's estimate of the average over ranks of x (see Consensus.average)."""
+        return self.consensus(x.size).average(x, **kw)
+
+    def sum(self, x: np.ndarray, **kw) -> ConsensusResult:
+        """This rank's estimate of the sum over ranks of x (see Consensus.sum)."""
+        return self.consensus(x.size).sum(x, **kw)
 
     def free(self) -> None:
-        """Release both communicators; every rank calls it."""
-        self.values.free()
-        self.scalars.free()
+        for consensus in self.pool.values():
+            consensus.free()

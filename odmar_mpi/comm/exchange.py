@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 from mpi4py import MPI
 
-ROUND_SPAN = 1 << 16  # tags: call * ROUND_SPAN + round, modulo the MPI tag bound (8192 calls with MPICH)
+from odmar_mpi.comm.limits import ROUND_SPAN
+
 
 # Buffers of rounds abandoned at a deadline. MPI may still read or write them (a cancel need not
 # succeed), so they must outlive their exchange: kept here for the life of the process.

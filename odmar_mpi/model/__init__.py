@@ -1,8 +1,24 @@
-"""Sparse-GP world model: data -> sufficient statistics, (summed) statistics -> posterior. Knows nothing of MPI."""
+"""World models. Knows nothing of MPI.
 
-from odmar_mpi.model.inducing import inducing_points
-from odmar_mpi.model.kernel import world_model_kernel
-from odmar_mpi.model.sparse_gp import PosteriorError, SparseGP
-from odmar_mpi.model.statistics import pack, packed_size, unpack
+The sparse-GP world model of ODMAR: data -> sufficient statistics, (summed) statistics -> posterior.
+`odmar_mpi.model.settings` imports no torch; the other exports load torch and gpytorch on first use,
+so the configuration (which composes the models' settings) stays cheap to import.
+"""
 
-__all__ = ["PosteriorError", "SparseGP", "inducing_points", "pack", "packed_size", "unpack", "world_model_kernel"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from odmar_mpi.model.settings import ModelConfig
+
+_LAZY = {"PosteriorError": "sparse_gp", "SparseGP": "sparse_gp", "inducing_points": "inducing",
+         "world_model_kernel": "kernel", "pack": "statistics", "packed_size": "statistics", "unpack": "statistics"}
+
+__all__ = ["ModelConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"odmar_mpi.model.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'odmar_mpi.model' has no attribute {name!r}")

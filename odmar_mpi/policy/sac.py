@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,41 +23,7 @@ import torch
 
 from odmar_mpi.policy.networks import Actor, TwinCritic
 from odmar_mpi.policy.replay import Batch
-
-
-@dataclass
-class SACConfig:
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of actor and critics (ReLU)."""
-    lr: float = 3e-4
-    """Adam learning rate of actor, critics and temperature. > 0."""
-    gamma: float = 0.99
-    """Discount. In [0, 1)."""
-    tau: float = 0.005
-    """Polyak rate of the target critics: target <- target + tau * (online - target). In (0, 1]."""
-    init_alpha: float = 1.0
-    """Initial entropy temperature. > 0."""
-    target_entropy: float | None = None
-    """Entropy the temperature steers towards; None means -act_dim."""
-    batch_size: int = 256
-    """Transitions per update (used by the caller that samples batches). >= 1."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.hidden or any(width < 1 for width in self.hidden):
-            problems.append(f"hidden = {self.hidden!r}: need at least one layer, every width >= 1")
-        if not self.lr > 0:
-            problems.append(f"lr = {self.lr}: must be > 0")
-        if not 0 <= self.gamma < 1:
-            problems.append(f"gamma = {self.gamma}: must be in [0, 1)")
-        if not 0 < self.tau <= 1:
-            problems.append(f"tau = {self.tau}: must be in (0, 1]")
-        if not self.init_alpha > 0:
-            problems.append(f"init_alpha = {self.init_alpha}: must be > 0")
-        if self.batch_size < 1:
-            problems.append(f"batch_size = {self.batch_size}: must be >= 1")
-        if problems:
-            raise ValueError("SACConfig: " + "; ".join(problems))
+from odmar_mpi.policy.settings import SACConfig
 
 
 class SAC:
@@ -77,7 +42,7 @@ class SAC:
         self.device = torch.device(device)
         self.act_dim = act_dim
         self.obs_scale = float(obs_scale)
-        self.target_entropy = float(-act_dim if config.target_entropy is None else config.target_entropy)
+        self.target_entropy = float(config.target_entropy)
         init_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
         init_generator = torch.Generator().manual_seed(int(init_seed))
         hidden = tuple(config.hidden)

@@ -1,0 +1,61 @@
+"""Every rank's few values on every rank, by flooding over the graph for D rounds (D = diameter).
+
+Each rank keeps an (n, width) table, NaN where it has not heard yet; every round it sends the table
+to its neighbours and merges theirs with fmin (which skips NaN). Each row has one source, so merging
+copies values unchanged: after D rounds every rank holds the same table, bit for bit, and reduces
+it locally (math.fsum, min, max). Costs D rounds of n * width float64 per neighbour: meant for small
+things (a joint action, a stop flag, an agreed step), not for model statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from mpi4py import MPI
+
+from odmar_mpi.comm.exchange import NeighbourExchange
+from odmar_mpi.comm.topology import Graph
+
+
+class Flood:
+    """Gather `width` float64 values from every rank. Collective: every rank of comm constructs it with the
+    same graph and width, and calls `gather` (or a scalar reduction) the same number of times."""
+
+    def __init__(self, comm: MPI.Comm, graph: Graph, *, width: int = 1, timeout_s: float = 60.0,
+                 name: str = "flood") -> None:
+        self.rank, self.n, self.width = comm.Get_rank(), graph.n, width
+        self.diameter = graph.diameter()
+        self.known = np.empty((self.n, width))
+        self.exchange = NeighbourExchange(comm, graph.neighbours[self.rank], self.n * width, timeout_s, name=name)
+        self.calls = 0
+
+    def gather(self, values: np.ndarray | float) -> np.ndarray:
+        """Row r = rank r's `values` (shape (width,)), the same table on every rank. The array is reused by the
+        next call: copy what must outlive it."""
+        self.calls += 1
+        known = self.known
+        known.fill(np.nan)
+        known[self.rank] = values
+        flat = known.reshape(-1)
+        for round in range(1, self.diameter + 1):
+            for buffer in self.exchange.exchange(flat, call=self.calls, round=round):
+                np.fmin(flat, buffer, out=flat)
+        return known
+
+    def sum(self, v: float) -> float:
+        """Exact (correctly rounded) sum over ranks of v, bit-identical on every rank."""
+        return math.fsum(self.gather(v)[:, 0].tolist())
+
+    def minimum(self, v: float) -> float:
+        return float(self.gather(v)[:, 0].min())
+
+    def maximum(self, v: float) -> float:
+        return float(self.gather(v)[:, 0].max())
+
+    def barrier(self) -> None:
+        """Returns on every rank only after every rank has called it (a gather waits for all of them)."""
+        self.gather(0.0)
+
+    def free(self) -> None:
+        self.exchange.free()

@@ -1,0 +1,21 @@
+"""The algorithms a node can run, each one module implementing `learners.base.Learner`.
+
+The registry names modules, not classes, so that configuration can list the algorithms without
+importing torch; `learner_class` imports the one a run uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_REGISTRY = {
+    "odmar": ("odmar_mpi.learners.odmar", "ODMARLearner"),
+    "sac": ("odmar_mpi.learners.sac", "SACLearner"),
+}
+ALGORITHMS = tuple(_REGISTRY)
+
+
+def learner_class(algorithm: str) -> type:
+    """The Learner subclass of `algorithm` (one of ALGORITHMS)."""
+    module, name = _REGISTRY[algorithm]
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,95 @@
+"""What a node needs of an algorithm: the `Learner` interface, and the transitions it is fed.
+
+A learner owns everything that learns on one rank (policies, models, buffers, their optimisers and
+random streams) and nothing else: the node owns the world copy, the gossip and the telemetry, and
+calls the learner in the order of the loop (docs/architecture.md):
+
+    act -> (world steps) -> observe (once the step's reward is complete) -> model_step every
+    `model_every` steps -> update every step after warm-up -> evaluation hooks
+
+A learner never imports MPI: whatever it averages with its neighbours goes through the
+`VectorGossip` handle it is given in `model_step`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, ContextManager
+
+import numpy as np
+import torch
+
+from odmar_mpi.comm.consensus import VectorGossip
+from odmar_mpi.records import Records, Tables
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One real step of this rank's agent, with the reward it learns from (team or own)."""
+
+    obs: np.ndarray
+    action: np.ndarray
+    reward: float
+    next_obs: np.ndarray
+    terminated: bool
+    truncated: bool
+
+
+@dataclass
+class LearnerContext:
+    """What a learner is built from."""
+
+    cfg: Any
+    """The run's Config: the learner reads its own sections."""
+    world: Any
+    """This rank's world copy: spaces, bounds and the reward function imagination may use."""
+    rank: int
+    n_agents: int
+    device: torch.device
+    seed: Callable[[str], int]
+    """seed(stream name) -> the rank's seed of that named stream (odmar_mpi.streams)."""
+    records: Records
+    """Where the learner appends rows to its own tables (declared in `Learner.tables`)."""
+    clock: Callable[[str], ContextManager[None]]
+    """clock(phase) times a block as one of the node's phases (odmar_mpi.telemetry.PHASES)."""
+
+
+class Learner(ABC):
+    """One rank's algorithm. Every method is called at the same step on every rank."""
+
+    tables: ClassVar[Tables] = {}
+    """Records tables this learner writes, {name: columns}."""
+
+    model_every: int = 0
+    """Steps between `model_step` calls after warm-up; 0 = the learner has no model step."""
+
+    @abstractmethod
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """The action for `obs`: exploring (training) or deterministic (evaluation)."""
+
+    @abstractmethod
+    def observe(self, transition: Transition) -> None:
+        """Take in one real transition (its reward complete)."""
+
+    def model_step(self, step: int, gossip: VectorGossip) -> None:
+        """Every `model_every` steps after warm-up: update the world model (may gossip) and use it."""
+
+    @abstractmethod
+    def update(self, step: int) -> None:
+        """The policy updates of one environment step after warm-up."""
+
+    def evaluated(self, step: int, transitions: list[Transition]) -> None:
+        """After an evaluation, with its episodes' transitions (rewards are the agent's own)."""
+
+    def progress_note(self) -> str:
+        """A few words for the progress line (e.g. the last consensus residual)."""
+        return ""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-identically (copies)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict()` snapshot."""

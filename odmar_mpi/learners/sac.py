@@ -1,0 +1,82 @@
+"""SAC on real data only: the model-free baseline, and the policy half of ODMAR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from odmar_mpi.learners.base import Learner, LearnerContext, Transition
+from odmar_mpi.policy.replay import Batch, ReplayBuffer
+from odmar_mpi.policy.sac import SAC
+
+SAC_STATS = ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")
+
+
+class NonFiniteError(RuntimeError):
+    """NaN or inf in a loss or in model statistics: the run stops and keeps its last good checkpoint."""
+
+
+def require_finite(quantity: str, values: Any, rank: int, step: int) -> None:
+    if not np.isfinite(np.asarray(values)).all():
+        raise NonFiniteError(f"rank {rank}, step {step}: {quantity} contain NaN or inf; the run stops here and keeps "
+                             "its last good checkpoint. Lower sac.lr or check the model settings.")
+
+
+def build_sac(cfg: Any, world: Any, device: torch.device | str, seed: int) -> SAC:
+    """The agent's SAC for `world` (observations scaled by the world's extent), as the learner and the
+    report's animation both build it, so a checkpoint's state fits either."""
+    obs_scale = float(np.max(np.abs(np.concatenate([world.obs_low, world.obs_high]))))
+    return SAC(world.obs_dim, world.act_dim, cfg.sac, device, seed=seed, obs_scale=obs_scale)
+
+
+class SACLearner(Learner):
+    """SAC with its replay buffer: `sac.updates_per_step` updates per step on batches of real transitions."""
+
+    tables = {"sac": ("step", *SAC_STATS)}
+
+    def __init__(self, ctx: LearnerContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.cfg.sac
+        self.sac = build_sac(ctx.cfg, ctx.world, ctx.device, ctx.seed("policy"))
+        self.real = ReplayBuffer(cfg.buffer_size, ctx.world.obs_dim, ctx.world.act_dim, ctx.device,
+                                 seed=ctx.seed("replay"))
+        self.stat_sums: dict[str, torch.Tensor] = {}
+        self.stat_count = 0
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        return self.sac.act(obs, deterministic=deterministic)
+
+    def observe(self, transition: Transition) -> None:
+        t = transition
+        self.real.add(t.obs, t.action, t.reward, t.next_obs, t.terminated)
+
+    def sample_batch(self) -> Batch:
+        return self.real.sample(self.ctx.cfg.sac.batch_size)
+
+    def update(self, step: int) -> None:
+        for _ in range(self.ctx.cfg.sac.updates_per_step):
+            stats = self.sac.update(self.sample_batch())
+            for key in SAC_STATS:  # summed on the device: no host sync per update
+                self.stat_sums[key] = self.stat_sums[key] + stats[key] if key in self.stat_sums else stats[key].clone()
+            self.stat_count += 1
+
+    def evaluated(self, step: int, transitions: list[Transition]) -> None:
+        """Record the SAC statistics averaged over the updates since the previous evaluation."""
+        if not self.stat_count:
+            return
+        means = {key: float(value) / self.stat_count for key, value in self.stat_sums.items()}
+        require_finite(f"SAC {', '.join(means)}", list(means.values()), self.ctx.rank, step)
+        self.ctx.records.append("sac", step=step, **means)
+        self.stat_sums, self.stat_count = {}, 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sac": self.sac.state_dict(), "real": self.real.state_dict(), "stat_sums": dict(self.stat_sums),
+                "stat_count": self.stat_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sac.load_state_dict(state["sac"])
+        self.real.load_state_dict(state["real"])
+        self.stat_sums = {key: value.to(self.ctx.device) for key, value in state["stat_sums"].items()}
+        self.stat_count = int(state["stat_count"])

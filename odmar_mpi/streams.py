@@ -1,0 +1,15 @@
+"""Named random streams: every random number a rank draws comes from one of these, seeded from
+(run seed, rank, stream), so runs are reproducible and streams never overlap."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The position of a name is its spawn key: append new streams, never reorder (old runs would change).
+STREAMS = ("warmup", "policy", "replay", "imagined", "torch_global", "python_global", "world")
+
+
+def stream_seed(seed: int, rank: int, stream: str) -> int:
+    """Independent 63-bit seed of `stream` (one of STREAMS) for `rank` in a run with `seed`."""
+    key = STREAMS.index(stream)
+    return int(np.random.SeedSequence(entropy=seed, spawn_key=(rank, key)).generate_state(1, np.uint64)[0] >> 1)

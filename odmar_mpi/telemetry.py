@@ -1,0 +1,110 @@
+"""What a node measures about itself: time per phase, episode and evaluation returns, the records file
+and the progress line. Nothing here feeds back into training.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from odmar_mpi.records import Records, Tables, records_path
+
+PHASES = ("env", "gossip", "observe", "model", "imagination", "updates", "eval", "checkpoint")
+"""The phases of a step whose wall-clock time is recorded (cumulative seconds, table `timing`)."""
+
+NODE_TABLES: Tables = {
+    # training episodes: the return the agent learned from (team or own) and its own share
+    "episodes": ("step", "return", "own_return"),
+    # deterministic evaluation: own mean return, the team's (exact sum over agents), its share of the optimum
+    "eval": ("step", "own_return", "team_return", "optimal_share"),
+    "timing": ("step", *PHASES),
+}
+
+
+class PhaseClock:
+    """Cumulative wall-clock seconds per phase of the loop."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - start
+
+
+class Telemetry:
+    """Records (the node's tables and the learner's), the phase clock, the running episode, the progress line."""
+
+    def __init__(self, learner_tables: Tables, *, rank: int, optimal_team_return: float, attrs: dict[str, Any]) -> None:
+        clash = set(learner_tables) & set(NODE_TABLES)
+        if clash:
+            raise ValueError(f"learner tables {sorted(clash)} clash with the node's; rename them.")
+        self.records = Records({**NODE_TABLES, **learner_tables})
+        self.clock = PhaseClock()
+        self.rank = rank
+        self.optimal_team_return = optimal_team_return
+        self.attrs = attrs
+        self.episode_return = 0.0
+        self.episode_own_return = 0.0
+        self.last_team_eval = float("nan")
+        self.started = time.perf_counter()
+        self.started_step = 0
+
+    def episode_step(self, step: int, reward: float, own_reward: float, episode_over: bool) -> None:
+        """Account one completed transition; at an episode's end, record its returns."""
+        self.episode_return += reward
+        self.episode_own_return += own_reward
+        if episode_over:
+            self.records.append("episodes", step=step, own_return=self.episode_own_return,
+                                **{"return": self.episode_return})
+            self.episode_return = self.episode_own_return = 0.0
+
+    def evaluation(self, step: int, own_return: float, team_return: float) -> None:
+        self.last_team_eval = team_return
+        self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
+                            optimal_share=self.share(team_return))
+        self.records.append("timing", step=step, **self.clock.seconds)
+
+    def share(self, team_return: float) -> float:
+        """The team return as a share of the world's optimum (NaN where the optimum is unknown)."""
+        return team_return / self.optimal_team_return if self.optimal_team_return > 0 else float("nan")
+
+    def start_clock(self, step: int) -> None:
+        self.started, self.started_step = time.perf_counter(), step
+
+    def progress(self, step: int, warmup_steps: int, learner_note: str) -> None:
+        """One line on rank 0 for the person at the terminal."""
+        if self.rank != 0:
+            return
+        elapsed = time.perf_counter() - self.started
+        rate = (step - self.started_step) / elapsed if elapsed > 0 else float("nan")
+        phase = "warm-up" if step <= warmup_steps else "train"
+        share = self.share(self.last_team_eval)
+        optimum = f" ({share:6.1%} of optimum)" if np.isfinite(share) else ""
+        note = f" | {learner_note}" if learner_note else ""
+        print(f"step {step:>7d} [{phase}] | team eval return {self.last_team_eval:9.2f}{optimum} | "
+              f"{rate:6.1f} steps/s{note}", flush=True)
+
+    def write(self, run_dir: Path) -> None:
+        self.records.write(records_path(run_dir, self.rank), self.attrs)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.
+        return {"records": self.records.state_dict(), "clock": dict(self.clock.seconds),
+                "episode_return": self.episode_return, "episode_own_return": self.episode_own_return,
+                "last_team_eval": self.last_team_eval}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records.load_state_dict(state["records"])
+        self.clock.seconds.update(state["clock"])
+        self.episode_return = float(state["episode_return"])
+        self.episode_own_return = float(state["episode_own_return"])
+        self.last_team_eval = float(state["last_team_eval"])
