@@ -1,0 +1,477 @@
+"""MAMBA's world model for one agent (one rank), its agents talking to graph neighbours only (DESIGN.md section 9).
+
+MAMBA (Egorov & Shpilman 2022; jbr-ai-labs/mamba) is a Dreamer-style RSSM per agent whose transition mixes
+the agents: each agent's token ReLU(Linear([a_{t-1}, z_{t-1}])) plus a sinusoid of its agent index goes
+through a transformer encoder over the agent axis, and the agent's own output row drives its GRU,
+h_t = GRU(h_{t-1}, comm_i). Here the block for agent i attends over agent i and its graph neighbours
+only (a boolean mask), with one layer by default: then one neighbour message per step makes h_t exact
+on any graph, and on a complete graph it is MAMBA's all-agent attention with one layer.
+
+Two verbs, as in DreamerV3:
+  * `RSSM.observe` walks a real sequence of agent i with the posterior, given its own embeddings and
+    actions and the messages its neighbours sent each step (action, latent indices, h; `NeighbourMessages`).
+  * `RSSM.imagine` walks a neighbourhood {i} + N(i) forward with the prior; every member's GRU steps
+    with attention restricted to itself and those of its own neighbours inside the neighbourhood.
+
+Approximations of the decentralised version (documented, not bugs):
+  * Neighbourhood edge: in imagination, members outside {i} + N(i) are not simulated, so a neighbour
+    j attends only over the members it shares with i; j's own other neighbours are missing, so j's
+    imagined h drifts from what j would compute, and this reaches agent i from the second step on.
+  * Stale messages: when training on replay, the neighbours' latents are those they sampled when
+    acting (with their model of that time), while agent i's own latents are re-inferred.
+  * With more than one communication layer, neighbour rows of the inner layers see only the
+    neighbourhood (MAMBA's inner layers see every agent).
+
+Row convention of a replayed sequence: row t holds the own observation o_t, the own action a_t taken
+after seeing it, and the neighbours' messages of step t (their a_t, z_t, h_t). h_t is computed from row
+t-1; a row with is_first (and row 0 of every window, as MAMBA starts windows from zero states) starts
+from the zero state with no previous action or message. Reward and discount of row t are read from
+[z_t, h_{t+1}] (MAMBA's alignment: h_{t+1} is a deterministic function of state t and the actions at t),
+observations and the action-prediction head from [z_t, h_t].
+
+Everything random (posterior and prior samples, dropout) draws from an explicit torch.Generator;
+parameters are initialised from a seed inside a forked global RNG, which is left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class WorldModelConfig:
+    """Sizes and optimiser of the world model; defaults are MAMBA's SMAC configuration unless stated."""
+
+    deterministic: int = 256
+    """GRU state h, units (MAMBA DETERMINISTIC); >= 1."""
+    n_categoricals: int = 32
+    """C, categorical variables in the stochastic state z (MAMBA N_CATEGORICALS); >= 1."""
+    n_classes: int = 32
+    """K, classes of each categorical (MAMBA N_CLASSES); >= 2."""
+    hidden: int = 256
+    """width of the encoder, decoder and posterior layers, units (MAMBA HIDDEN); >= 1."""
+    embed: int = 256
+    """observation embedding, units (MAMBA EMBED); >= 1."""
+    model_hidden: int = 256
+    """width of the tokens, attention, its feed-forward layer, the GRU input and the prior layer, units
+    (MAMBA MODEL_HIDDEN); a multiple of comm_heads."""
+    comm_layers: int = 1
+    """attention layers of the communication block; >= 1 (MAMBA: 3 over all agents; 1 is exact with one
+    neighbour message per step)."""
+    comm_heads: int = 8
+    """attention heads (MAMBA: 8); >= 1."""
+    comm_dropout: float = 0.1
+    """dropout of the communication block while the model trains (MAMBA: 0.1); in [0, 1)."""
+    position_encoding: bool = True
+    """add a sinusoid of the global agent index to each token (MAMBA does, by position on the agent axis)."""
+    head_hidden: int = 256
+    """width of the reward, discount, available-actions and action-prediction heads, units (MAMBA
+    REWARD_HIDDEN = PCONT_HIDDEN); >= 1."""
+    head_layers: int = 2
+    """hidden layers of the reward, discount and available-actions heads (MAMBA REWARD_LAYERS = PCONT_LAYERS); >= 1."""
+    kl_balance: float = 0.2
+    """weight of KL(posterior || sg(prior)); the prior term gets 1 - kl_balance (MAMBA: 0.2); in [0, 1]."""
+    horizon: int = 15
+    """imagined transitions per start state (MAMBA HORIZON = 15 counts states, so it trains on 14); >= 1."""
+    lr: float = 2e-4
+    """Adam learning rate (MAMBA MODEL_LR); > 0."""
+    grad_clip: float = 100.0
+    """global gradient-norm clip before each Adam step (MAMBA GRAD_CLIP); > 0."""
+
+    def __post_init__(self) -> None:
+        for name in ("deterministic", "n_categoricals", "hidden", "embed", "model_hidden", "comm_layers",
+                     "comm_heads", "head_hidden", "head_layers", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"world_model.{name} = {getattr(self, name)}: must be >= 1")
+        if self.n_classes < 2:
+            raise ValueError(f"world_model.n_classes = {self.n_classes}: must be >= 2")
+        if self.model_hidden % self.comm_heads:
+            raise ValueError(f"world_model.model_hidden = {self.model_hidden} is not a multiple of comm_heads = "
+                             f"{self.comm_heads}: attention splits the width evenly between heads")
+        if not 0.0 <= self.comm_dropout < 1.0:
+            raise ValueError(f"world_model.comm_dropout = {self.comm_dropout}: must be in [0, 1)")
+        if not 0.0 <= self.kl_balance <= 1.0:
+            raise ValueError(f"world_model.kl_balance = {self.kl_balance}: must be in [0, 1]")
+        if self.lr <= 0 or self.grad_clip <= 0:
+            raise ValueError(f"world_model.lr = {self.lr} and grad_clip = {self.grad_clip}: must be > 0")
+
+    @property
+    def stochastic(self) -> int:
+        """Size of the flattened one-hot z, C * K."""
+        return self.n_categoricals * self.n_classes
+
+    @property
+    def features(self) -> int:
+        """Size of the features [z, h] that heads and the actor read."""
+        return self.stochastic + self.deterministic
+
+
+class RSSMState(NamedTuple):
+    """Model state of one or more agents: h (..., deterministic), z (..., C * K) one-hot (straight-through)."""
+
+    h: Tensor
+    z: Tensor
+
+
+class NeighbourMessages(NamedTuple):
+    """What agent i received from its N neighbour slots (fixed slot order) at one step or a sequence of steps."""
+
+    action: Tensor  # (..., N) long action indices; -1 = none
+    latent: Tensor  # (..., N, C) long class index of each categorical; -1 = none
+    h: Tensor  # (..., N, deterministic) float32 deterministic state
+    valid: Tensor  # (..., N) bool; False for empty slots (fewer neighbours than slots)
+
+
+class LocalGraph(NamedTuple):
+    """Agent i's neighbourhood: member 0 is agent i, members 1..N its neighbour slots."""
+
+    member_ids: Tensor  # (M,) long global agent indices (any index for empty slots)
+    adjacency: Tensor  # (M, M) bool: member a may attend to member b (graph edge); the diagonal is implied
+
+
+class Observation(NamedTuple):
+    """`RSSM.observe` of a (T, B) sequence: posterior states, both distributions' logits, and h after each action."""
+
+    h: Tensor  # (T, B, deterministic)
+    z: Tensor  # (T, B, C * K)
+    posterior_logits: Tensor  # (T, B, C * K)
+    prior_logits: Tensor  # (T, B, C * K)
+    h_next: Tensor  # (T, B, deterministic): h_{t+1} from row t's state and actions, before any reset
+
+
+class Imagination(NamedTuple):
+    """A neighbourhood's imagined trajectory; rewards and continuation probabilities are member 0's."""
+
+    features: Tensor  # (H + 1, n, M, features) [z, h] of every member, states 0..H
+    actions: Tensor  # (H, n, M) long
+    rewards: Tensor  # (H, n) predicted reward of member 0 after its action at step t
+    continues: Tensor  # (H, n) predicted probability that member 0's episode goes on after step t
+    valid: Tensor  # (n, M) bool
+
+
+def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Sequence[int]]) -> LocalGraph:
+    """The LocalGraph of `agent` whose neighbour slots hold the global agents `slots` (None = empty), on the
+    graph given as neighbour lists `neighbours[k]` of every agent k."""
+    members = [agent, *slots]
+    ids = torch.tensor([-1 if m is None else m for m in members], dtype=torch.long)
+    adjacency = torch.tensor([[a is not None and b is not None and (a == b or b in neighbours[a]) for b in members]
+                              for a in members], dtype=torch.bool)
+    return LocalGraph(ids.clamp(min=0), adjacency)
+
+
+def mlp(in_dim: int, out_dim: int, layers: int, hidden: int, activation: type[nn.Module]) -> nn.Sequential:
+    """MAMBA's build_model: `layers` hidden layers of width `hidden`, each followed by `activation`, then a
+    linear output."""
+    modules: list[nn.Module] = [nn.Linear(in_dim, hidden), activation()]
+    for _ in range(layers - 1):
+        modules += [nn.Linear(hidden, hidden), activation()]
+    return nn.Sequential(*modules, nn.Linear(hidden, out_dim))
+
+
+def one_hot(indices: Tensor, n: int) -> Tensor:
+    """(..., ) long -> (..., n) float32 one-hot; index -1 gives the zero vector ("none")."""
+    return F.one_hot(indices.clamp(min=0), n).to(torch.float32) * (indices >= 0).unsqueeze(-1)
+
+
+def dropout(x: Tensor, p: float, training: bool, generator: torch.Generator) -> Tensor:
+    """Inverted dropout drawing its mask from `generator` (nn.Dropout would draw from the global RNG)."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
+
+
+def position_encoding(ids: Tensor, width: int) -> Tensor:
+    """MAMBA's sinusoid table row for each agent index: (..., M) long -> (..., M, width) float32."""
+    j = torch.arange(width, device=ids.device)
+    angles = ids.unsqueeze(-1).double() / 10000.0 ** (2 * torch.div(j, 2, rounding_mode="floor") / width).double()
+    return torch.where(j % 2 == 0, torch.sin(angles), torch.cos(angles)).float()  # float64 table, as MAMBA's numpy
+
+
+def attention_mask(valid: Tensor, adjacency: Tensor) -> Tensor:
+    """(..., M) member validity and (M, M) adjacency -> (..., M, M) bool: row a attends column b where b is
+    valid and adjacent to a; every row attends itself, so no row is empty."""
+    eye = torch.eye(valid.shape[-1], dtype=torch.bool, device=valid.device)
+    return (valid.unsqueeze(-2) & adjacency) | eye
+
+
+def with_self(valid: Tensor) -> Tensor:
+    """Neighbour-slot validity (..., N) -> member validity (..., 1 + N), member 0 (the agent) always valid."""
+    return torch.cat([torch.ones_like(valid[..., :1]), valid], -1)
+
+
+class AttentionLayer(nn.Module):
+    """One post-norm transformer encoder layer with ReLU and feed-forward width = width (MAMBA's
+    nn.TransformerEncoderLayer), attending only where the mask allows, dropout drawn from a generator."""
+
+    def __init__(self, width: int, heads: int, p_dropout: float) -> None:
+        super().__init__()
+        self.heads, self.p_dropout = heads, p_dropout
+        self.in_proj = nn.Linear(width, 3 * width)  # rows: query, key, value (torch's in_proj_weight layout)
+        self.out_proj = nn.Linear(width, width)
+        self.linear1 = nn.Linear(width, width)
+        self.linear2 = nn.Linear(width, width)
+        self.norm1 = nn.LayerNorm(width)
+        self.norm2 = nn.LayerNorm(width)
+
+    def forward(self, x: Tensor, attend: Tensor, generator: torch.Generator) -> Tensor:
+        """x (..., M, width), attend (..., M, M) bool -> (..., M, width)."""
+        *batch, m, width = x.shape
+        q, k, v = self.in_proj(x).view(*batch, m, 3, self.heads, width // self.heads).transpose(-2, -4).unbind(-3)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(width // self.heads)  # (..., heads, M, M)
+        weights = scores.masked_fill(~attend.unsqueeze(-3), float("-inf")).softmax(-1)
+        weights = dropout(weights, self.p_dropout, self.training, generator)
+        mixed = (weights @ v).transpose(-2, -3).reshape(*batch, m, width)
+        x = self.norm1(x + dropout(self.out_proj(mixed), self.p_dropout, self.training, generator))
+        hidden = dropout(F.relu(self.linear1(x)), self.p_dropout, self.training, generator)
+        return self.norm2(x + dropout(self.linear2(hidden), self.p_dropout, self.training, generator))
+
+
+class CommunicationBlock(nn.Module):
+    """Tokens ReLU(Linear([one_hot(a), z])) (+ sinusoid of the agent index) mixed by masked attention layers."""
+
+    def __init__(self, config: WorldModelConfig, n_actions: int) -> None:
+        super().__init__()
+        self.n_actions = n_actions
+        self.position_encoding = config.position_encoding
+        self.token = nn.Sequential(nn.Linear(n_actions + config.stochastic, config.model_hidden), nn.ReLU())
+        self.layers = nn.ModuleList(AttentionLayer(config.model_hidden, config.comm_heads, config.comm_dropout)
+                                    for _ in range(config.comm_layers))
+
+    def forward(self, actions: Tensor, latents: Tensor, attend: Tensor, member_ids: Tensor,
+                generator: torch.Generator) -> Tensor:
+        """actions (..., M) long (-1 = none), latents (..., M, C * K), attend (..., M, M), member_ids (M,)
+        -> (..., M, model_hidden), row a = what member a feeds its GRU."""
+        x = self.token(torch.cat([one_hot(actions, self.n_actions), latents], -1))
+        if self.position_encoding:
+            x = x + position_encoding(member_ids, x.shape[-1])
+        for layer in self.layers:
+            x = layer(x, attend, generator)
+        return x
+
+
+class RSSM(nn.Module):
+    """Recurrent state-space model of agent i: GRU on its communication row, categorical prior p(z | h) and
+    posterior q(z | h, embed(o)) with straight-through one-hot samples."""
+
+    def __init__(self, config: WorldModelConfig, n_actions: int) -> None:
+        super().__init__()
+        self.config, self.n_actions = config, n_actions
+        self.comm = CommunicationBlock(config, n_actions)
+        self.cell = nn.GRUCell(config.model_hidden, config.deterministic)
+        self.prior = mlp(config.deterministic, config.stochastic, 1, config.model_hidden, nn.ReLU)
+        self.posterior = mlp(config.deterministic + config.embed, config.stochastic, 1, config.hidden, nn.ReLU)
+
+    def initial(self, batch_shape: Sequence[int], device: Any = None) -> RSSMState:
+        """The zero state every episode (and every replayed window) starts from."""
+        return RSSMState(torch.zeros(*batch_shape, self.config.deterministic, device=device),
+                         torch.zeros(*batch_shape, self.config.stochastic, device=device))
+
+    def sample(self, logits: Tensor, generator: torch.Generator) -> Tensor:
+        """logits (..., C * K) -> one-hot sample (..., C * K) whose gradient is that of the probabilities."""
+        probs = logits.unflatten(-1, (self.config.n_categoricals, self.config.n_classes)).softmax(-1)
+        flat = probs.detach().reshape(-1, self.config.n_classes)
+        indices = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+        return (F.one_hot(indices, self.config.n_classes).to(probs.dtype) + probs - probs.detach()).flatten(-2)
+
+    def latent_indices(self, z: Tensor) -> Tensor:
+        """One-hot z (..., C * K) -> class indices (..., C) long: what an agent sends its neighbours."""
+        return z.unflatten(-1, (self.config.n_categoricals, self.config.n_classes)).argmax(-1)
+
+    def latents(self, indices: Tensor) -> Tensor:
+        """Class indices (..., C) long (-1 = none) -> one-hot z (..., C * K)."""
+        return one_hot(indices, self.config.n_classes).flatten(-2)
+
+    def _deterministic(self, h: Tensor, z: Tensor, action: Tensor, neighbour_actions: Tensor,
+                       neighbour_latents: Tensor, attend: Tensor, member_ids: Tensor,
+                       generator: torch.Generator) -> Tensor:
+        """Agent i's next h (B, H) from its state (h, z) (B, .), its action (B,) and its neighbours' actions
+        (B, N) and one-hot latents (B, N, C * K); only member 0's row of the block is used."""
+        actions = torch.cat([action.unsqueeze(-1), neighbour_actions], -1)
+        latents = torch.cat([z.unsqueeze(-2), neighbour_latents], -2)
+        return self.cell(self.comm(actions, latents, attend, member_ids, generator)[..., 0, :], h)
+
+    def _distributions(self, h: Tensor, embed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(prior logits, posterior logits, posterior sample) at h with observation embedding `embed`."""
+        posterior_logits = self.posterior(torch.cat([h, embed], -1))
+        return self.prior(h), posterior_logits, self.sample(posterior_logits, generator)
+
+    def observe_step(self, previous: RSSMState, previous_action: Tensor, messages: NeighbourMessages, embed: Tensor,
+                     is_first: Tensor, graph: LocalGraph,
+                     generator: torch.Generator) -> tuple[RSSMState, Tensor, Tensor]:
+        """One acting step of agent i: previous state (B, .), own previous action (B,), the neighbours'
+        messages of the previous step (B, N, .), the new observation's embedding (B, embed) and is_first
+        (B,) bool (resets state, action and messages to none) -> (posterior state, prior logits, posterior logits)."""
+        keep = (~is_first).unsqueeze(-1).to(previous.h.dtype)
+        attend = attention_mask(with_self(messages.valid), graph.adjacency)
+        h = self._deterministic(previous.h * keep, previous.z * keep, previous_action.masked_fill(is_first, -1),
+                                messages.action.masked_fill(is_first.unsqueeze(-1), -1),
+                                self.latents(messages.latent.masked_fill(is_first[..., None, None], -1)),
+                                attend, graph.member_ids, generator)
+        prior_logits, posterior_logits, z = self._distributions(h, embed, generator)
+        return RSSMState(h, z), prior_logits, posterior_logits
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, messages: NeighbourMessages, graph: LocalGraph,
+                generator: torch.Generator) -> Observation:
+        """Walk a replayed window with the posterior: embed (T, B, embed), action (T, B) long, is_first (T, B)
+        bool, messages (T, B, N, .), all in the row convention of the module docstring. Row 0 starts from the
+        zero state; is_first rows reset (h_next of the row before is still the continuation)."""
+        steps, batch = action.shape
+        attend = attention_mask(with_self(messages.valid), graph.adjacency)  # (T, B, M, M)
+        neighbour_latents = self.latents(messages.latent)
+        none_action = torch.full_like(messages.action[0], -1)
+        none_latents = torch.zeros_like(neighbour_latents[0])
+        start = self.initial((batch,), embed.device)
+        h = self._deterministic(start.h, start.z, action[0].new_full((batch,), -1), none_action, none_latents,
+                                attend[0], graph.member_ids, generator)
+        hs, zs, posteriors, priors, h_next = [], [], [], [], []
+        for t in range(steps):
+            if t > 0:
+                h = self._deterministic(hs[-1], zs[-1], action[t - 1], messages.action[t - 1],
+                                        neighbour_latents[t - 1], attend[t - 1], graph.member_ids, generator)
+                h_next.append(h)
+                rows = is_first[t].nonzero().squeeze(-1)
+                if len(rows):  # episodes that start inside the window: those rows restart from zero
+                    reset = self._deterministic(start.h[rows], start.z[rows], action[t, rows].new_full(rows.shape, -1),
+                                                none_action[rows], none_latents[rows], attend[t - 1, rows],
+                                                graph.member_ids, generator)
+                    h = h.index_put((rows,), reset)
+            prior_logits, posterior_logits, z = self._distributions(h, embed[t], generator)
+            hs.append(h), zs.append(z), priors.append(prior_logits), posteriors.append(posterior_logits)
+        h_next.append(self._deterministic(hs[-1], zs[-1], action[-1], messages.action[-1], neighbour_latents[-1],
+                                          attend[-1], graph.member_ids, generator))
+        stack = torch.stack
+        return Observation(stack(hs), stack(zs), stack(posteriors), stack(priors), stack(h_next))
+
+    def imagine_step(self, state: RSSMState, actions: Tensor, attend: Tensor, member_ids: Tensor,
+                     generator: torch.Generator) -> tuple[RSSMState, Tensor]:
+        """Step every member of a neighbourhood with the prior: state (n, M, .), actions (n, M) long,
+        attend (n, M, M) -> (next state, prior logits (n, M, C * K))."""
+        x = self.comm(actions, state.z, attend, member_ids, generator)
+        h = self.cell(x.flatten(0, -2), state.h.flatten(0, -2)).view_as(state.h)
+        logits = self.prior(h)
+        return RSSMState(h, self.sample(logits, generator)), logits
+
+    def imagine(self, start: RSSMState, policy: Callable[[Tensor], Tensor], horizon: int, attend: Tensor,
+                member_ids: Tensor, generator: torch.Generator) -> tuple[RSSMState, Tensor]:
+        """Roll a neighbourhood forward `horizon` steps, every member acting with `policy(features (n, M, F))
+        -> (n, M) long`: returns states (H + 1, n, M, .) (state 0 = start) and actions (H, n, M)."""
+        states, actions = [start], []
+        for _ in range(horizon):
+            actions.append(policy(features(states[-1])))
+            states.append(self.imagine_step(states[-1], actions[-1], attend, member_ids, generator)[0])
+        return RSSMState(*(torch.stack(parts) for parts in zip(*states))), torch.stack(actions)
+
+
+def features(state: RSSMState) -> Tensor:
+    """[z, h] (MAMBA's order), what heads and the actor read."""
+    return torch.cat([state.z, state.h], -1)
+
+
+def kl_balanced(posterior_logits: Tensor, prior_logits: Tensor, n_classes: int, balance: float) -> Tensor:
+    """MAMBA's KL balancing: balance * KL(q || sg(p)) + (1 - balance) * KL(sg(q) || p) of the categoricals
+    (logits (..., C * K)), summed over classes, averaged over categoricals and rows. Its value is KL(q || p)."""
+    log_q = posterior_logits.unflatten(-1, (-1, n_classes)).log_softmax(-1)
+    log_p = prior_logits.unflatten(-1, (-1, n_classes)).log_softmax(-1)
+
+    def kl(a: Tensor, b: Tensor) -> Tensor:
+        return (a.exp() * (a - b)).sum(-1).mean()
+
+    return balance * kl(log_q, log_p.detach()) + (1.0 - balance) * kl(log_q.detach(), log_p)
+
+
+class WorldModel(nn.Module):
+    """Encoder, RSSM, decoder and the heads of reward, discount, available actions (optional) and the
+    auxiliary prediction of the previous own action, initialised as MAMBA (xavier-uniform weights)."""
+
+    def __init__(self, config: WorldModelConfig, obs_dim: int, n_actions: int, seed: int,
+                 available_actions: bool = False) -> None:
+        super().__init__()
+        self.config, self.obs_dim, self.n_actions = config, obs_dim, n_actions
+        with torch.random.fork_rng(devices=[]):  # a private seeded RNG; the caller's global RNG is untouched
+            torch.manual_seed(seed)
+            self.encoder = mlp(obs_dim, config.embed, 3, config.hidden, nn.ReLU)
+            self.rssm = RSSM(config, n_actions)
+            self.decoder = nn.Sequential(mlp(config.features, config.hidden, 2, config.hidden, nn.ReLU), nn.ReLU())
+            self.decoder_out = nn.Linear(config.hidden, obs_dim)
+            self.reward = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU)
+            self.discount = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU)
+            self.available = (mlp(config.features, n_actions, config.head_layers, config.head_hidden, nn.ELU)
+                              if available_actions else None)
+            self.action_predictor = nn.Sequential(mlp(config.hidden, config.head_hidden, 1, config.head_hidden, nn.ELU),
+                                                  nn.ReLU(), nn.Linear(config.head_hidden, n_actions))
+            for parameter in self.parameters():
+                if parameter.dim() >= 2:
+                    nn.init.xavier_uniform_(parameter)
+        self.eval()  # dropout only inside `update`, as MAMBA
+
+    def make_optimizer(self) -> torch.optim.Adam:
+        """MAMBA's model optimiser: Adam with the configured learning rate."""
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+    def loss(self, batch: Any, graph: LocalGraph, generator: torch.Generator) -> dict[str, Tensor]:
+        """Named loss terms and their sum "total" on a replayed batch, whose fields are (T, B, ...):
+        obs, action (long), reward, terminal (bool), is_first (bool), nb_action (T, B, N), nb_latent
+        (T, B, N, C), nb_h (T, B, N, H), nb_valid (T, B, N), and available (T, B, A) if the model has that head."""
+        embed = self.encoder(batch.obs)
+        messages = NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid)
+        seen = self.rssm.observe(embed, batch.action, batch.is_first, messages, graph, generator)
+        state_features = torch.cat([seen.z, seen.h], -1)
+        transition_features = torch.cat([seen.z, seen.h_next], -1)
+        decoded = self.decoder(state_features)
+        # previous own action, predicted from the decoder's hidden layer; rows without one are left out
+        has_previous = ~batch.is_first[1:]
+        action_loss = F.cross_entropy(self.action_predictor(decoded[1:]).flatten(0, 1), batch.action[:-1].flatten(),
+                                      reduction="none")
+        terms = {
+            "reconstruction": F.smooth_l1_loss(self.decoder_out(decoded), batch.obs, reduction="none").sum(-1).mean(),
+            "reward": F.smooth_l1_loss(self.reward(transition_features).squeeze(-1), batch.reward),
+            "discount": F.binary_cross_entropy_with_logits(self.discount(transition_features).squeeze(-1),
+                                                           (~batch.terminal).to(embed.dtype)),
+            "kl": kl_balanced(seen.posterior_logits, seen.prior_logits, self.config.n_classes, self.config.kl_balance),
+            "action_prediction": (action_loss * has_previous.flatten()).sum() / has_previous.sum().clamp(min=1),
+        }
+        if self.available is not None:
+            terms["available_actions"] = F.binary_cross_entropy_with_logits(
+                self.available(state_features), batch.available.to(embed.dtype), reduction="none").sum(-1).mean()
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def update(self, batch: Any, optimizer: torch.optim.Optimizer, graph: LocalGraph,
+               generator: torch.Generator) -> dict[str, float]:
+        """One Adam step on `loss(batch)` (dropout on, gradient norm clipped before the step); returns the
+        loss terms and the gradient norm before clipping."""
+        self.train()
+        terms = self.loss(batch, graph, generator)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
+        optimizer.step()
+        self.eval()
+        return {**{name: float(value.detach()) for name, value in terms.items()}, "grad_norm": float(grad_norm)}
+
+    @torch.no_grad()
+    def imagine(self, batch: Any, policy: Callable[[Tensor], Tensor], graph: LocalGraph,
+                generator: torch.Generator) -> Imagination:
+        """Imagine agent i's neighbourhood `config.horizon` steps from every row of a replayed batch (n = T * B starts):
+        agent i starts from its posterior state, each neighbour from the (h, z) it sent at that step;
+        every member acts with `policy(features (n, M, F)) -> (n, M) long`."""
+        seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
+                                 NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
+                                 graph, generator)
+        start = RSSMState(torch.cat([seen.h.unsqueeze(-2), batch.nb_h], -2).flatten(0, 1),
+                          torch.cat([seen.z.unsqueeze(-2), self.rssm.latents(batch.nb_latent)], -2).flatten(0, 1))
+        valid = with_self(batch.nb_valid).flatten(0, 1)
+        states, actions = self.rssm.imagine(start, policy, self.config.horizon, attention_mask(valid, graph.adjacency),
+                                            graph.member_ids, generator)
+        own = torch.cat([states.z[:-1, :, 0], states.h[1:, :, 0]], -1)  # [z_t, h_{t+1}] of member 0
+        return Imagination(features(states), actions, self.reward(own).squeeze(-1),
+                           torch.sigmoid(self.discount(own)).squeeze(-1), valid)

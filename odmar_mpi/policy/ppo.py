@@ -1,0 +1,252 @@
+"""PPO for one agent's actor and critic, shared by MAMBA (imagined data) and the IPPO baseline (real data).
+
+The actor is an MLP from the agent's own features to a categorical over discrete actions; the critic
+embeds a set of feature vectors (the agent and its neighbours; the agent alone for IPPO), mixes them
+with one attention layer (padding masked) and reads the agent's row (member 0) to a value. This module
+sees feature tensors only: MAMBA gives it [z, h] from the world model's imagination, IPPO gives it the
+agent's own observations. Everything random draws from an explicit torch.Generator.
+
+Following MAMBA's learner (agent/learners/DreamerLearner.py, agent/optim): lambda-returns bootstrapped
+from the critic's value at the last state, advantages = returns - values normalised once over the batch
+(std + 1e-4), then `epochs` passes over shuffled minibatches, each one actor step (clipped ratio + the
+entropy bonus, whose coefficient decays after every actor step) followed by one critic step (squared
+error / 2), gradient norms clipped before each Adam step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class PPOConfig:
+    """Actor-critic sizes and PPO settings; defaults are MAMBA's SMAC configuration unless stated."""
+
+    actor_hidden: int = 256
+    """actor layer width, units (MAMBA ACTION_HIDDEN); >= 1."""
+    actor_layers: int = 2
+    """actor hidden layers (MAMBA ACTION_LAYERS); >= 1."""
+    critic_hidden: int = 256
+    """critic embedding, attention and head width, units (MAMBA HIDDEN); a multiple of critic_heads."""
+    critic_heads: int = 8
+    """attention heads of the critic (MAMBA: 8); >= 1."""
+    actor_lr: float = 5e-4
+    """actor Adam learning rate (MAMBA ACTOR_LR); > 0."""
+    actor_weight_decay: float = 1e-5
+    """actor Adam weight decay (MAMBA: 1e-5); >= 0."""
+    critic_lr: float = 5e-4
+    """critic Adam learning rate (MAMBA VALUE_LR); > 0."""
+    gamma: float = 0.99
+    """discount per step (MAMBA GAMMA); in (0, 1]."""
+    lam: float = 0.95
+    """lambda of the lambda-returns (MAMBA DISCOUNT_LAMBDA); in [0, 1]."""
+    clip: float = 0.2
+    """PPO ratio clip epsilon (MAMBA: 0.2); > 0."""
+    epochs: int = 5
+    """passes over the batch per update (MAMBA PPO_EPOCHS); >= 1."""
+    minibatch_size: int = 2000
+    """samples per actor/critic step (MAMBA: 2000 rows, each holding every agent); >= 1."""
+    entropy_coef: float = 1e-3
+    """initial weight of the entropy bonus (MAMBA ENTROPY); >= 0."""
+    entropy_decay: float = 0.99998
+    """factor on the entropy weight after every actor step (MAMBA ENTROPY_ANNEALING); in (0, 1]."""
+    normalise_advantages: bool = True
+    """standardise advantages over each batch (MAMBA does on SMAC, not on Flatland)."""
+    advantage_eps: float = 1e-4
+    """added to the advantages' standard deviation before dividing (MAMBA: 1e-4); > 0."""
+    grad_clip: float = 100.0
+    """gradient-norm clip of actor and critic steps (MAMBA GRAD_CLIP_POLICY); > 0."""
+
+    def __post_init__(self) -> None:
+        for name in ("actor_hidden", "actor_layers", "critic_hidden", "critic_heads", "epochs", "minibatch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} = {getattr(self, name)}: must be >= 1")
+        if self.critic_hidden % self.critic_heads:
+            raise ValueError(f"ppo.critic_hidden = {self.critic_hidden} is not a multiple of critic_heads = "
+                             f"{self.critic_heads}: attention splits the width evenly between heads")
+        if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0 and 0.0 < self.entropy_decay <= 1.0):
+            raise ValueError(f"ppo.gamma = {self.gamma} must be in (0, 1], lam = {self.lam} in [0, 1] and "
+                             f"entropy_decay = {self.entropy_decay} in (0, 1]")
+        for name in ("actor_lr", "critic_lr", "clip", "advantage_eps", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ppo.{name} = {getattr(self, name)}: must be > 0")
+        if self.entropy_coef < 0 or self.actor_weight_decay < 0:
+            raise ValueError(f"ppo.entropy_coef = {self.entropy_coef} and actor_weight_decay = "
+                             f"{self.actor_weight_decay}: must be >= 0")
+
+
+def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Sequential:
+    """`layers` ReLU hidden layers of width `hidden`, then a linear output (MAMBA's build_model)."""
+    modules: list[nn.Module] = []
+    for k in range(layers):
+        modules += [nn.Linear(in_dim if k == 0 else hidden, hidden), nn.ReLU()]
+    return nn.Sequential(*modules, nn.Linear(hidden, out_dim))
+
+
+class Actor(nn.Module):
+    """MLP from the agent's own features (..., in_dim) to logits (..., n_actions); orthogonal init as MAMBA."""
+
+    def __init__(self, in_dim: int, n_actions: int, config: PPOConfig, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # a private seeded RNG; the caller's global RNG is untouched
+            torch.manual_seed(seed)
+            self.net = _mlp(in_dim, n_actions, config.actor_layers, config.actor_hidden)
+            for parameter in self.parameters():
+                if parameter.dim() >= 2:
+                    nn.init.orthogonal_(parameter)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+    @torch.no_grad()
+    def sample(self, features: Tensor, generator: torch.Generator) -> Tensor:
+        """Actions (...,) long drawn from the policy at features (..., in_dim)."""
+        probs = self.net(features).softmax(-1)
+        return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
+
+
+class Critic(nn.Module):
+    """MAMBA's AugmentedCritic restricted to a set: ReLU(Linear) embedding of each member's features, one
+    transformer encoder layer over the members (feed-forward width = hidden, no dropout, invalid members
+    masked), ReLU, then an MLP on member 0's row -> its value. Members form a set: no position encoding."""
+
+    def __init__(self, in_dim: int, config: PPOConfig, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embed = nn.Linear(in_dim, config.critic_hidden)
+            self.attention = nn.TransformerEncoderLayer(config.critic_hidden, config.critic_heads,
+                                                        dim_feedforward=config.critic_hidden, dropout=0.0,
+                                                        batch_first=True)
+            self.head = _mlp(config.critic_hidden, 1, 1, config.critic_hidden)
+            for parameter in self.parameters():
+                if parameter.dim() >= 2:
+                    nn.init.xavier_uniform_(parameter)
+
+    def forward(self, features: Tensor, valid: Tensor) -> Tensor:
+        """features (..., M, in_dim), valid (..., M) bool with member 0 valid -> value of member 0 (...,)."""
+        members = features.shape[-2]
+        x = F.relu(self.embed(features)).reshape(-1, members, self.embed.out_features)
+        padding = ~valid.expand(features.shape[:-1]).reshape(-1, members)
+        x = F.relu(self.attention(x, src_key_padding_mask=padding))
+        return self.head(x[:, 0]).view(features.shape[:-2])
+
+
+def lambda_returns(rewards: Tensor, values: Tensor, discounts: Tensor, lam: float) -> Tensor:
+    """TD(lambda) targets R_t = r_t + d_t ((1 - lam) v_{t+1} + lam R_{t+1}), R_H = v_H, for rewards (H, ...),
+    values (H + 1, ...) and discounts d_t (H, ...) (gamma times the probability of going on) -> (H, ...).
+    lam = 1 gives discounted returns bootstrapped with v_H; lam = 0 one-step targets r_t + d_t v_{t+1}."""
+    returns = []
+    following = values[-1]
+    for t in reversed(range(rewards.shape[0])):
+        following = rewards[t] + discounts[t] * ((1.0 - lam) * values[t + 1] + lam * following)
+        returns.append(following)
+    return torch.stack(returns[::-1])
+
+
+def clipped_policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float) -> Tensor:
+    """PPO's clipped surrogate, to minimise: mean of -min(rho A, clip(rho, 1 - clip, 1 + clip) A),
+    rho = exp(log_probs - old_log_probs); all (n,)."""
+    ratio = (log_probs - old_log_probs).exp()
+    return -torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages).mean()
+
+
+class PPOBatch(NamedTuple):
+    """n samples for one PPO update; member 0 of the critic's set is the acting agent."""
+
+    features: Tensor  # (n, F) actor input
+    critic_features: Tensor  # (n, M, F)
+    critic_valid: Tensor  # (n, M) bool
+    actions: Tensor  # (n,) long
+    old_log_probs: Tensor  # (n,)
+    returns: Tensor  # (n,) lambda-returns, the critic's targets
+    advantages: Tensor  # (n,) normalised if configured
+
+
+class PPO:
+    """One agent's actor, critic and their optimisers; `make_batch` turns trajectories into a PPOBatch,
+    `update` runs the PPO epochs on it. The entropy weight is state: it decays after every actor step."""
+
+    def __init__(self, feature_dim: int, n_actions: int, config: PPOConfig, seed: int) -> None:
+        self.config = config
+        self.actor = Actor(feature_dim, n_actions, config, seed)
+        self.critic = Critic(feature_dim, config, seed + 1)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
+                                                weight_decay=config.actor_weight_decay)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.entropy_coef = config.entropy_coef
+
+    @torch.no_grad()
+    def make_batch(self, features: Tensor, valid: Tensor, actions: Tensor, rewards: Tensor,
+                   continues: Tensor) -> PPOBatch:
+        """From trajectories of n = H * B samples: features (H + 1, B, M, F) of every member at states 0..H
+        (member 0 acts), valid (B, M) bool, member 0's actions (H, B) long, rewards (H, B) and probabilities
+        of going on (H, B) after each action (1 - terminated for real data)."""
+        values = self.critic(features, valid)  # (H + 1, B)
+        returns = lambda_returns(rewards, values, self.config.gamma * continues, self.config.lam)
+        advantages = returns - values[:-1]
+        if self.config.normalise_advantages:
+            spread = advantages.std().nan_to_num(0.0) + self.config.advantage_eps  # std of one sample is nan
+            advantages = (advantages - advantages.mean()) / spread
+        own = features[:-1, :, 0]
+        old_log_probs = self.actor(own).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return PPOBatch(own.flatten(0, 1), features[:-1].flatten(0, 1), valid.expand(*actions.shape, -1).flatten(0, 1),
+                        actions.flatten(), old_log_probs.flatten(), returns.flatten(), advantages.flatten())
+
+    def update(self, batch: PPOBatch, generator: torch.Generator) -> dict[str, float]:
+        """`epochs` passes over shuffled minibatches: actor step, entropy decay, critic step. Returns means over
+        the minibatches of the losses, entropy, approximate KL and clip fraction, and the entropy weight."""
+        config, n = self.config, len(batch.actions)
+        totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
+        steps = 0
+        for _ in range(config.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, config.minibatch_size):
+                idx = order[start:start + config.minibatch_size]
+                log_probs_all = self.actor(batch.features[idx]).log_softmax(-1)
+                log_probs = log_probs_all.gather(-1, batch.actions[idx].unsqueeze(-1)).squeeze(-1)
+                policy_loss = clipped_policy_loss(log_probs, batch.old_log_probs[idx], batch.advantages[idx],
+                                                  config.clip)
+                entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+                self._step(self.actor_optimizer, self.actor, policy_loss - self.entropy_coef * entropy)
+                self.entropy_coef *= config.entropy_decay
+
+                values = self.critic(batch.critic_features[idx], batch.critic_valid[idx])
+                value_loss = 0.5 * (values - batch.returns[idx]).pow(2).mean()
+                self._step(self.critic_optimizer, self.critic, value_loss)
+
+                with torch.no_grad():
+                    log_ratio = log_probs - batch.old_log_probs[idx]
+                    totals["approx_kl"] += float((log_ratio.exp() - 1.0 - log_ratio).mean())
+                    totals["clip_fraction"] += float(((log_ratio.exp() - 1.0).abs() > config.clip).float().mean())
+                totals["policy_loss"] += float(policy_loss.detach())
+                totals["value_loss"] += float(value_loss.detach())
+                totals["entropy"] += float(entropy.detach())
+                steps += 1
+        return {**{name: total / steps for name, total in totals.items()}, "entropy_coef": self.entropy_coef,
+                "returns_mean": float(batch.returns.mean())}
+
+    def _step(self, optimizer: torch.optim.Optimizer, module: nn.Module, loss: Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)  # clip before the step
+        optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+                "actor_optimizer": self.actor_optimizer.state_dict(),
+                "critic_optimizer": self.critic_optimizer.state_dict(), "entropy_coef": self.entropy_coef}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.entropy_coef = float(state["entropy_coef"])
