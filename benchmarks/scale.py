@@ -42,7 +42,7 @@ from odmar_mpi.comm.consensus import Consensus
 from odmar_mpi.comm.topology import TOPOLOGIES, Graph, TopologyError, build_graph
 from odmar_mpi.comm.weights import ALGORITHMS, WEIGHT_SCHEMES, mixing_matrix, predicted_rounds, second_largest_modulus
 
-TOL = 1e-10  # DESIGN.md's round counts are quoted for this relative error
+TOL = 1e-10  # the round counts in docs/architecture.md are quoted for this relative error
 DEFAULT_TOPOLOGIES = ("ring", "torus", "exponential")
 CHUNK = 250  # plain consensus: rounds per call between checks of the tolerance
 

@@ -1,4 +1,4 @@
-"""The reward-collection world (DESIGN.md section 3).
+"""The reward-collection world (docs/architecture.md, "The reward-collection world").
 
 `AgentEnv` is one agent's own copy (what each MPI rank steps), `RewardFunction` / `reward` the
 vectorised reward for imagination (numpy or torch), `TeamEnv` the whole team as a PettingZoo

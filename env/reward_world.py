@@ -1,4 +1,4 @@
-"""The reward-collection world (DESIGN.md section 3), a port of the original `env.py`.
+"""The reward-collection world (docs/architecture.md, "The reward-collection world"), a port of the original `env.py`.
 
 Agents move on the square [-10, 10]^2. Every step, an agent within distance < 0.5 of a reward
 site collects that site's value (sites never deplete), minus sum |action| when the action

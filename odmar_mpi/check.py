@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from odmar_mpi.config import ConfigError, load_config, to_toml, validate
+from odmar_mpi.config import explain as explain_settings
 
 
 @click.command(epilog="\b\nExamples:\n  python -m odmar_mpi.check configs/odmar_beta0.01.toml --ranks 5\n"
@@ -17,11 +18,15 @@ from odmar_mpi.config import ConfigError, load_config, to_toml, validate
 @click.option("--ranks", type=click.IntRange(min=1), default=8, show_default=True,
               help="Number of MPI ranks (agents) the run will use.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one value; repeatable.")
-def main(config: Path | None, ranks: int, overrides: tuple[str, ...]) -> None:
+@click.option("--explain", is_flag=True, help="Print every setting (default, unit, allowed values, meaning) and exit.")
+def main(config: Path | None, ranks: int, overrides: tuple[str, ...], explain: bool) -> None:
     """Check CONFIG (default: the built-in default) as `odmar_mpi.run` would with RANKS ranks.
 
     Prints the resolved config as TOML and exits 0, or prints what is wrong and exits 2.
     """
+    if explain:
+        click.echo(explain_settings())
+        return
     try:
         cfg = load_config(config, overrides)
         validate(cfg, ranks)

@@ -1,4 +1,4 @@
-"""The reward-collection world (env/): the reference numbers of DESIGN.md section 3, the per-agent
+"""The reward-collection world (env/): the reference numbers of docs/architecture.md, "The reward-collection world", the per-agent
 copies against the whole-team PettingZoo view, the numpy/torch reward, and the pictures."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import env
 from env.render import AGENT_COLOURS, BACKGROUND, render_figure, site_colours
 from env.reward_world import COLLECTION_RADIUS, RewardFunction
 
-# Written out by hand from DESIGN.md 3 for n = 10: n_cols = 4, n_rows = 3, dx = 20/5 = 4, dy = 20/4 = 5,
+# Written out by hand from docs/architecture.md for n = 10: n_cols = 4, n_rows = 3, dx = 20/5 = 4, dy = 20/4 = 5,
 # site (-10 + (col+1)*4, -10 + (row+1)*5), row-major; values 1, 5, 10 cycling, divided by 10.
 SITES_10 = [(-6, -5), (-2, -5), (2, -5), (6, -5), (-6, 0), (-2, 0), (2, 0), (6, 0), (-6, 5), (-2, 5)]
 VALUES_10 = [0.1, 0.5, 1.0, 0.1, 0.5, 1.0, 0.1, 0.5, 1.0, 0.1]

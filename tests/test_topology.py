@@ -242,7 +242,7 @@ def test_leja_order_is_what_keeps_finite_time_exact_on_a_large_ring():
         iterates.append((W @ iterates[-1] - value * iterates[-1]) / (1 - value))
     leja_final = simulate(W, X, round_coefficients(W, "finite-time", len(ascending)))[-1]
     assert relative_error(leja_final, X.mean(axis=0)) <= ROUND_OFF
-    assert relative_error(iterates[-1], X.mean(axis=0)) > 1e-6  # DESIGN.md measured 4e-3 in ascending order
+    assert relative_error(iterates[-1], X.mean(axis=0)) > 1e-6  # measured 4e-3 in ascending order when this was designed
 
 
 def test_predicted_rounds_reproduce_the_design_figures():

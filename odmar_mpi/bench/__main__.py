@@ -1,4 +1,4 @@
-"""`python -m odmar_mpi.bench {consensus,gp} ...`: benchmarks that print their figures against a reference."""
+"""`python -m odmar_mpi.bench {consensus,gp,step-gossip} ...`: benchmarks that print their figures against a reference."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "consensus": "odmar_mpi.bench.consensus",  # neighbour gossip vs MPI.Allreduce (run under mpiexec)
     "gp": "odmar_mpi.bench.gp",  # sparse-GP statistics, posterior and prediction vs explicit inverses
+    "step-gossip": "odmar_mpi.bench.step_gossip",  # per-step gossip vs a flood every step (run under mpiexec)
 }
 
 

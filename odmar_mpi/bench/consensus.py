@@ -22,7 +22,7 @@ from odmar_mpi.comm.consensus import Consensus
 from odmar_mpi.comm.topology import TOPOLOGIES, build_graph
 from odmar_mpi.comm.weights import ALGORITHMS, WEIGHT_SCHEMES, mixing_matrix, predicted_rounds, second_largest_modulus
 
-FIGURE_TOL = 1e-10  # the error DESIGN.md's round counts are quoted for
+FIGURE_TOL = 1e-10  # the error the round counts of docs/architecture.md are quoted for
 DEFAULT_TOL = 1e-12  # plain/chebyshev default: enough rounds to show the curve pass FIGURE_TOL
 
 

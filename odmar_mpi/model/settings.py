@@ -10,7 +10,7 @@ from odmar_mpi.settings import check_settings, setting
 @dataclass
 class ModelConfig:
     """The `[model]` settings of ODMAR: the sparse-GP world model, when it is refitted, and the optimistic
-    imagined rollouts drawn from it (DESIGN defaults: the original's)."""
+    imagined rollouts drawn from it (defaults: the original research code's)."""
 
     num_inducing: int = setting(1000, "Inducing points M, shared by seed. Memory per rank grows as M^2 "
                                       "(statistics, posterior and consensus buffers: about 40 M^2 bytes).",

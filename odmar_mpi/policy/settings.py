@@ -9,7 +9,7 @@ from odmar_mpi.settings import check_settings, setting
 
 @dataclass
 class SACConfig:
-    """The `[sac]` settings: networks, optimiser and replay of one agent's SAC (DESIGN defaults: the original's)."""
+    """The `[sac]` settings: networks, optimiser and replay of one agent's SAC (defaults: the original research code's)."""
 
     hidden: list[int] = setting([256, 256], "Hidden layer widths of actor and critics (ReLU).", unit="units", low=1)
     lr: float = setting(3e-4, "Adam learning rate of actor, critics and temperature.", low=0, low_open=True,

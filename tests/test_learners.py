@@ -1,0 +1,108 @@
+"""Learners through their interface, without MPI: the gossip handle is a stand-in that returns chosen sums."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from odmar_mpi.comm.consensus import ConsensusResult
+from odmar_mpi.config import load_config
+from odmar_mpi.learners import ALGORITHMS, learner_class
+from odmar_mpi.learners.base import LearnerContext, Transition
+from odmar_mpi.records import Records
+from odmar_mpi.streams import stream_seed
+from odmar_mpi.worlds import make_world
+
+TINY = ["model.num_inducing=16", "model.rollout_batch=8", "model.update_every=10", "sac.hidden=[16, 16]",
+        "sac.batch_size=8", "sac.updates_per_step=1", "sac.buffer_size=1000", "run.warmup_steps=8"]
+
+
+class SumOfOne:
+    """A gossip handle for a single agent, or one that returns a chosen sum instead."""
+
+    def __init__(self, replace: np.ndarray | None = None) -> None:
+        self.replace = replace
+
+    def sum(self, x: np.ndarray, **_) -> ConsensusResult:
+        return ConsensusResult((x if self.replace is None else self.replace).copy(), 1, [0.0, 0.0])
+
+
+def make_learner(algorithm: str, overrides: list[str] = ()):
+    cfg = load_config(None, TINY + [f"run.algorithm={algorithm}", *overrides])
+    world = make_world(cfg, rank=0, n_agents=1)
+    cls = learner_class(algorithm)
+    records = Records(cls.tables)
+    ctx = LearnerContext(cfg=cfg, world=world, rank=0, n_agents=1, device=torch.device("cpu"),
+                         seed=lambda stream: stream_seed(cfg.run.seed, 0, stream), records=records,
+                         clock=lambda phase: nullcontext())
+    return cls(ctx), world, records
+
+
+def feed(learner, world, steps: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    obs = world.reset()
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, 2)
+        next_obs, reward, truncated = world.step(action)
+        learner.observe(Transition(obs, action, reward, next_obs, False, truncated))
+        obs = world.reset() if truncated else next_obs
+
+
+def test_every_registered_algorithm_builds_and_acts():
+    for algorithm in ALGORITHMS:
+        learner, world, _ = make_learner(algorithm)
+        action = learner.act(world.reset())
+        assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+
+
+def test_a_posterior_that_cannot_be_formed_keeps_the_previous_one_and_is_recorded(capsys):
+    learner, world, records = make_learner("odmar")
+    feed(learner, world, 60)
+    learner.model_step(10, SumOfOne())
+    probe = torch.as_tensor(np.array([[1.0, 2.0, 0.5, -0.5], [-3.0, 4.0, 0.0, 1.0]]), dtype=torch.float64)
+    before = learner.model.predict(probe)
+    imagined_before = len(learner.imagined)
+    kept_statistics = learner.posterior_statistics.copy()
+    # Statistics whose precision I + Jw is far from positive definite: no jitter rescues the Cholesky.
+    broken = learner.model.pack_statistics().copy()
+    broken[: learner.model.num_inducing] = -1e6
+    learner.model_step(20, SumOfOne(replace=broken))
+    after = learner.model.predict(probe)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])  # the previous posterior, unchanged
+    assert np.array_equal(learner.posterior_statistics, kept_statistics)  # what a resume refits from
+    failed = records.column("model", "posterior_failed")
+    assert failed.tolist() == [0.0, 1.0]
+    assert "the model posterior could not be formed" in capsys.readouterr().err
+    assert len(learner.imagined) > imagined_before  # training goes on: it still imagines with the kept posterior
+    learner.update(21)
+
+
+def test_a_first_posterior_failure_skips_imagination_and_training_goes_on():
+    learner, world, records = make_learner("odmar")
+    feed(learner, world, 30)
+    broken = learner.model.pack_statistics().copy()
+    broken[: learner.model.num_inducing] = -1e6
+    learner.model_step(10, SumOfOne(replace=broken))
+    assert not learner.model.has_posterior and len(learner.imagined) == 0
+    assert records.column("model", "posterior_failed").tolist() == [1.0]
+    learner.update(11)  # real data only, no error
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_state_round_trip_continues_identically(algorithm):
+    first, world, _ = make_learner(algorithm)
+    feed(first, world, 40)
+    if first.model_every:
+        first.model_step(10, SumOfOne())
+    first.update(11)
+    state = first.state_dict()
+    second, world2, _ = make_learner(algorithm)
+    second.load_state_dict(state)
+    for learner in (first, second):
+        learner.update(12)
+    obs = np.array([1.0, -2.0])
+    assert np.array_equal(first.act(obs), second.act(obs))  # same networks and the same policy noise stream
+    assert np.array_equal(first.act(obs, deterministic=True), second.act(obs, deterministic=True))
