@@ -5,11 +5,23 @@
 #   MODULES     modules to load, e.g. "gcc/12 openmpi/4.1.5" (mpi4py must be built against this MPI:
 #               module load ...; pip install --no-binary=mpi4py mpi4py)
 #   VENV        the project's virtual environment           (default: $SLURM_SUBMIT_DIR/.venv)
-#   SRUN_MPI    srun's PMI plugin: pmix, or pmi2 on older sites (default: pmix)
+#   LAUNCHER    how the ranks start                          (default: srun)
+#                 srun     one Slurm task per rank, wired up by srun's PMI plugin (SRUN_MPI)
+#                 mpiexec  the venv's own mpiexec (the PyPI mpich wheel's Hydra) inside the
+#                          allocation: it detects Slurm and starts its proxies with srun itself
+#   SRUN_MPI    srun's PMI plugin, for LAUNCHER=srun        (default: pmi2)
+#                 pmi2     the PyPI mpich wheel (the project's own install; it has no PMIx client,
+#                          so --mpi=pmix makes every rank abort with "unsupported PMI version PMIx")
+#                 pmix     an mpi4py built against a PMIx-enabled site MPI (Open MPI 4/5, or an
+#                          MPICH/Intel MPI configured with PMIx); `srun --mpi=list` shows what exists
 #   RUN_ROOT    a folder on a filesystem every node sees     (default: $SLURM_SUBMIT_DIR/runs)
 #   CONFIG      the TOML config for a new run                (default: configs/odmar_beta0.01.toml)
 #   DEVICE_ARGS device options (the GPU script sets "--set run.device=cuda --set run.torch_threads=4")
-#   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1" (no spaces inside a value)
+#   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1" (no spaces inside a value; a value
+#               with a comma, e.g. sac.hidden=[64,64], must be exported before sbatch: --export=A,B=...
+#               splits at commas)
+# A launch that does not wire MPI up (e.g. --mpi=none) would start N one-rank runs; the program
+# compares the task count its launcher announces with its MPI world and refuses that with exit 2.
 set -euo pipefail
 : "${SLURM_SUBMIT_DIR:?submit with sbatch from the project root}"
 cd "$SLURM_SUBMIT_DIR"
@@ -18,9 +30,15 @@ if [[ -n ${MODULES:-} ]]; then
     module load $MODULES
 fi
 VENV=${VENV:-$SLURM_SUBMIT_DIR/.venv}
-SRUN_MPI=${SRUN_MPI:-pmix}
+LAUNCHER=${LAUNCHER:-srun}
+SRUN_MPI=${SRUN_MPI:-pmi2}
 RUN_ROOT=${RUN_ROOT:-$SLURM_SUBMIT_DIR/runs}
 CONFIG=${CONFIG:-configs/odmar_beta0.01.toml}
+case $LAUNCHER in
+    srun) launch=(srun --mpi="$SRUN_MPI") ;;
+    mpiexec) launch=("$VENV/bin/mpiexec" -n "$SLURM_NTASKS") ;;
+    *) echo "LAUNCHER=$LAUNCHER: use srun (with SRUN_MPI=pmi2 or pmix) or mpiexec (the venv's own)" >&2; exit 2 ;;
+esac
 # The job id survives a requeue, so the requeued job finds its own run folder.
 run_dir=$RUN_ROOT/${SLURM_JOB_NAME:-odmar}-${SLURM_JOB_ID}
 if [[ -e $run_dir/config.toml ]]; then
@@ -28,12 +46,12 @@ if [[ -e $run_dir/config.toml ]]; then
 else
     args=(--config "$CONFIG" --out "$run_dir")
 fi
-echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-?} ranks, run folder $run_dir"
+echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM_NTASKS:-?} ranks by ${launch[*]}, run folder $run_dir"
 # DEVICE_ARGS and EXTRA_ARGS are space-separated options (no spaces inside a value, e.g.
 # --set sac.hidden=[64,64]); globbing is off so such a value is never taken for a file pattern.
 set -f
 # shellcheck disable=SC2086
-srun --mpi="$SRUN_MPI" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-}
+"${launch[@]}" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-}
 set +f
 if [[ -e $run_dir/COMPLETE ]]; then
     echo "$(date -Is) run complete: $run_dir"

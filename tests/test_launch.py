@@ -76,10 +76,22 @@ def test_sbatch_directives_requeue_signal_every_rank_and_set_the_task_count(scri
     assert 'source "$SLURM_SUBMIT_DIR/launch/slurm_job.sh"' in script.read_text()
 
 
-def test_the_shared_job_body_starts_the_ranks_with_srun_and_requeues():
+def test_the_shared_job_body_starts_the_ranks_with_srun_or_mpiexec_and_requeues():
     body = (LAUNCH / "slurm_job.sh").read_text()
-    assert re.search(r'^srun --mpi="\$SRUN_MPI" "\$VENV/bin/python" -m odmar_mpi\.run ', body, re.MULTILINE)
+    assert re.search(r'^\s*srun\) launch=\(srun --mpi="\$SRUN_MPI"\) ;;$', body, re.MULTILINE)
+    assert re.search(r'^\s*mpiexec\) launch=\("\$VENV/bin/mpiexec" -n "\$SLURM_NTASKS"\) ;;$', body, re.MULTILINE)
+    assert re.search(r'^"\$\{launch\[@\]\}" "\$VENV/bin/python" -m odmar_mpi\.run ', body, re.MULTILINE)
     assert re.search(r'^\s*scontrol requeue "\$SLURM_JOB_ID"$', body, re.MULTILINE)
+
+
+@pytest.mark.parametrize("script", SBATCH_SCRIPTS, ids=lambda p: p.name)
+def test_defaults_start_the_projects_own_mpich_wheel_and_keep_the_log_of_a_requeued_job(script):
+    # The PyPI mpich wheel has no PMIx client: srun --mpi=pmix makes every rank abort (exit 16).
+    text = script.read_text()
+    assert "export SRUN_MPI=${SRUN_MPI:-pmi2}" in text and "export LAUNCHER=${LAUNCHER:-srun}" in text
+    assert "SRUN_MPI=${SRUN_MPI:-pmi2}" in (LAUNCH / "slurm_job.sh").read_text()
+    # Without append Slurm truncates the log when the requeued job starts: the first attempt's lines are lost.
+    assert options(script).get("--open-mode") == "append"
 
 
 def test_gpu_script_binds_one_gpu_per_rank():
@@ -167,7 +179,7 @@ def test_slurm_job_stops_on_usr1_requeues_then_resumes_and_completes(cluster):
     assert f"stopped on request at step {stopped}" in out
     assert not (run_dir / "COMPLETE").exists()
     assert calls(cluster["SCONTROL_LOG"]) == [f"requeue {JOB_ID}"]
-    assert calls(cluster["SRUN_LOG"])[0].startswith("--mpi=pmix ")
+    assert calls(cluster["SRUN_LOG"])[0].startswith("--mpi=pmi2 ")
 
     # The requeued job: same id and name, so it finds the folder and resumes; a budget ending 20 steps later.
     second_env = {**cluster, "EXTRA_ARGS": " ".join(set_args([f"run.train_steps={stopped - 200 + 20}"])),
@@ -178,6 +190,14 @@ def test_slurm_job_stops_on_usr1_requeues_then_resumes_and_completes(cluster):
     assert "--resume" in calls(cluster["SRUN_LOG"])[1] and "--config" not in calls(cluster["SRUN_LOG"])[1]
     assert (run_dir / "COMPLETE").read_text().strip() == str(stopped + 20)
     assert calls(cluster["SCONTROL_LOG"]) == [f"requeue {JOB_ID}"]  # not again: the run is complete
+
+
+def test_slurm_job_refuses_an_unknown_launcher(cluster):
+    result = subprocess.run(["bash", str(LAUNCH / "slurm_cpu.sbatch")], cwd=ROOT, env={**cluster, "LAUNCHER": "mpirun"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "LAUNCHER=mpirun: use srun" in result.stderr
+    assert calls(cluster["SRUN_LOG"]) == [] and calls(cluster["SCONTROL_LOG"]) == []
 
 
 def test_slurm_job_that_fails_is_not_requeued(cluster):
