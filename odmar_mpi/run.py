@@ -121,14 +121,6 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     refusal = check_world_size(comm.Get_size(), os.environ)
     if refusal is not None:
         fail_everywhere(rank, RuntimeError(refusal))
-    import os
-
-    from odmar_mpi.launch_check import check_world_size
-
-    # A mis-wired launch starts N one-rank worlds (N singletons): each refuses, each says it once.
-    refusal = check_world_size(comm.Get_size(), os.environ)
-    if refusal is not None:
-        fail_everywhere(rank, RuntimeError(refusal))
     try:
         if resume is not None:
             if config_path is not None or out is not None:
