@@ -34,7 +34,7 @@ from odmar_mpi.learners import learner_class
 from odmar_mpi.learners.base import LearnerContext, Transition
 from odmar_mpi.streams import stream_seed
 from odmar_mpi.telemetry import Telemetry
-from odmar_mpi.worlds import make_world
+from odmar_mpi.worlds import make_world, world_optimum
 
 STEP_VALUES = ("own_reward", "stop")
 """What every rank pushes into the per-step gossip, in this order."""
@@ -89,7 +89,8 @@ class Node:
         self.world = make_world(cfg, self.rank, self.n_agents)
         self.eval_world = make_world(cfg, self.rank, self.n_agents)
         learner = learner_class(cfg.run.algorithm)
-        self.telemetry = Telemetry(learner.tables, rank=self.rank, optimal_team_return=0.0, attrs={
+        self.telemetry = Telemetry(learner.tables, rank=self.rank,
+                                   optimal_team_return=world_optimum(cfg, self.n_agents), attrs={
             "config": to_toml(cfg), "version": __version__, "rank": self.rank, "agents": self.n_agents,
             "device": str(self.device)})
         self.learner = learner(LearnerContext(cfg=cfg, world=self.world, rank=self.rank, n_agents=self.n_agents,
@@ -117,6 +118,8 @@ class Node:
         warmup, total = run.warmup_steps, self.cfg.total_steps
         learner = self.learner
         self.telemetry.start_clock(self.step)
+        if self.step == 0:
+            self.evaluate_random_policy()
         while self.step < total:
             learning = self.step >= warmup
             action = learner.act(self.obs) if learning else self.world.sample_action(self.rng)
@@ -175,25 +178,34 @@ class Node:
 
     def evaluate(self) -> None:
         """Deterministic episodes on the own eval copy of the world; the team return is the exact sum over agents."""
-        clock = self.telemetry.clock
-        with clock("eval"):
-            returns, transitions = [], []
-            for _ in range(self.cfg.run.eval_episodes):
-                obs, total, truncated = self.eval_world.reset(), 0.0, False
-                while not truncated:
-                    action = self.learner.act(obs, deterministic=True)
-                    next_obs, reward, truncated = self.eval_world.step(action)
-                    transitions.append(Transition(obs, action, reward, next_obs, False, truncated))
-                    total += reward
-                    obs = next_obs
-                returns.append(total)
-            own = float(np.mean(returns))
+        with self.telemetry.clock("eval"):
+            own, transitions = self.run_episodes(lambda obs: self.learner.act(obs, deterministic=True))
             self.learner.evaluated(self.step, transitions)
-        with clock("gossip"):
+        with self.telemetry.clock("gossip"):
             team = self.flood.sum(own)
         self.telemetry.evaluation(self.step, own, team)
         if not self.cfg.run.progress_every:
             self.progress()
+
+    def evaluate_random_policy(self) -> None:
+        """The same evaluation with uniformly random actions, once before training: the bottom of the scale."""
+        rng = np.random.default_rng(self.seed("random_eval"))
+        own, _ = self.run_episodes(lambda obs: self.eval_world.sample_action(rng))
+        self.telemetry.random_evaluation(self.step, own, self.flood.sum(own))
+
+    def run_episodes(self, policy) -> tuple[float, list[Transition]]:
+        """`run.eval_episodes` episodes of `policy` (obs -> action) on the eval copy: (mean own return, transitions)."""
+        returns, transitions = [], []
+        for _ in range(self.cfg.run.eval_episodes):
+            obs, total, truncated = self.eval_world.reset(), 0.0, False
+            while not truncated:
+                action = policy(obs)
+                next_obs, reward, truncated = self.eval_world.step(action)
+                transitions.append(Transition(obs, action, reward, next_obs, False, truncated))
+                total += reward
+                obs = next_obs
+            returns.append(total)
+        return float(np.mean(returns)), transitions
 
     def progress(self) -> None:
         self.telemetry.progress(self.step, self.cfg.run.warmup_steps, self.learner.progress_note())

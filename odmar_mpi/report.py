@@ -25,11 +25,13 @@ from odmar_mpi.checkpoint import CheckpointError, load_checkpoint, local_steps
 from odmar_mpi.config import Config, ConfigError, config_from_dict
 from odmar_mpi.records import read_records, records_path
 from odmar_mpi.telemetry import PHASES
+from odmar_mpi.worlds import world_optimum
 
 EXIT_USAGE = 2
 # team_return is an exact gossip sum, identical on every rank up to summation order.
 TEAM_RETURN_RTOL = 1e-9
 MAX_EVAL_ROWS = 12
+SHARES = (0.9, 0.95, 0.98)  # shares of the optimum whose first evaluation step the summary reports
 GIF_EVERY = 2  # render every 2nd step: half the frames, motion still smooth
 GIF_SIZE = 300  # pixels per side
 GIF_FPS = 10
@@ -150,21 +152,36 @@ def summarise(run: Run | Path) -> dict[str, Any]:
         run = load_run(run)
     steps, team = team_curve(run)
     best = int(np.argmax(team)) if team.size else None
+    optimum = world_optimum(run.config, len(run.ranks))
+    random_eval = run.ranks[0].get("random_eval", {}).get("team_return", np.empty(0))
     return {
         "run": str(run.path),
         "label": run_label(run.config),
+        "algorithm": run.config.run.algorithm,
+        "env": "reward-collection",
         "agents": len(run.ranks),
         "device": run.device,
         "steps": _last_step(run.ranks[0]),
         "planned_steps": run.config.total_steps,
-        "eval": [{"step": int(s), "team_return": float(r)} for s, r in zip(steps, team)],
+        "eval": [{"step": int(s), "team_return": float(r), "optimal_share": float(r) / optimum}
+                 for s, r in zip(steps, team)],
+        "optimal_team_return": optimum,
+        "random_team_return": float(random_eval[0]) if random_eval.size else None,
         "final_team_return": float(team[-1]) if team.size else None,
+        "final_optimal_share": float(team[-1]) / optimum if team.size else None,
+        "steps_to_share": {f"{share:g}": _first_step_at(steps, team, share * optimum) for share in SHARES},
         "best": None if best is None else {"step": int(steps[best]), "team_return": float(team[best])},
         "model_error": _model_error(run),
         "consensus": _consensus(run),
         "timing": _timing(run),
         "warnings": _team_return_disagreements(run),
     }
+
+
+def _first_step_at(steps: np.ndarray, team: np.ndarray, target: float) -> int | None:
+    """The first evaluation step whose team return reaches `target` (None if none does)."""
+    reached = np.flatnonzero(team >= target)
+    return int(steps[reached[0]]) if reached.size else None
 
 
 def _number(value: float) -> float | None:
@@ -251,11 +268,17 @@ def format_table(summary: dict[str, Any]) -> str:
         shown = eval_rows_to_show(len(evals))
         note = "" if len(shown) == len(evals) else f" ({len(shown)} of {len(evals)} shown)"
         lines.append(f"team evaluation return (sum over agents, deterministic policy){note}:")
-        lines.append(f"  {'step':>9}  {'team return':>12}")
-        lines += [f"  {evals[i]['step']:>9d}  {evals[i]['team_return']:>12.3f}" for i in shown]
+        lines.append(f"  {'step':>9}  {'team return':>12}  {'of optimum':>10}")
+        lines += [f"  {evals[i]['step']:>9d}  {evals[i]['team_return']:>12.3f}  {evals[i]['optimal_share']:>10.1%}"
+                  for i in shown]
         best = summary["best"]
         lines.append(f"final team return {summary['final_team_return']:.3f} at step {evals[-1]['step']}; "
                      f"best {best['team_return']:.3f} at step {best['step']}")
+        random_return = summary["random_team_return"]
+        lines.append(f"The team collects {summary['final_optimal_share']:.1%} of the best possible return "
+                     f"({summary['optimal_team_return']:.1f}, every agent going straight to its best site)"
+                     + ("" if random_return is None else f"; agents acting at random collect {random_return:.1f}")
+                     + ".")
     else:
         lines.append("no evaluations recorded yet (the first runs when warm-up ends).")
     model = summary["model_error"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 # The position of a name is its spawn key: append new streams, never reorder (old runs would change).
-STREAMS = ("warmup", "policy", "replay", "imagined", "torch_global", "python_global", "world")
+STREAMS = ("warmup", "policy", "replay", "imagined", "torch_global", "python_global", "world", "random_eval")
 
 
 def stream_seed(seed: int, rank: int, stream: str) -> int:

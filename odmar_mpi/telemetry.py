@@ -21,6 +21,8 @@ NODE_TABLES: Tables = {
     "episodes": ("step", "return", "own_return"),
     # deterministic evaluation: own mean return, the team's (exact sum over agents), its share of the optimum
     "eval": ("step", "own_return", "team_return", "optimal_share"),
+    # the same evaluation of a uniformly random policy, once before training: the bottom of the scale
+    "random_eval": ("step", "own_return", "team_return", "optimal_share"),
     "timing": ("step", *PHASES),
 }
 
@@ -72,6 +74,10 @@ class Telemetry:
         self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
                             optimal_share=self.share(team_return))
         self.records.append("timing", step=step, **self.clock.seconds)
+
+    def random_evaluation(self, step: int, own_return: float, team_return: float) -> None:
+        self.records.append("random_eval", step=step, own_return=own_return, team_return=team_return,
+                            optimal_share=self.share(team_return))
 
     def share(self, team_return: float) -> float:
         """The team return as a share of the world's optimum (NaN where the optimum is unknown)."""

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import env as world
+from env.optimum import optimal_team_return
 from odmar_mpi.config import Config, to_toml
 from odmar_mpi.learners import learner_class
 from odmar_mpi.records import Records, records_path
@@ -28,6 +29,8 @@ LAST_EPISODE_STEP = 350  # after the last evaluation: the run's step count comes
 HOLDOUT = [0.5, 0.25, 0.125]  # rank r records HOLDOUT[k] + 0.125 r; rank 2's first is NaN (no held-out data yet)
 EVAL_RMSE = [0.25, 0.5, math.nan]  # per rank, at the last evaluation
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+RANDOM = -30.5  # a uniformly random policy's team return, measured once before training
+OPTIMUM = optimal_team_return(AGENTS, 0)[0]  # the default world's, for 3 agents
 
 
 def write_run(run_dir: Path, cfg: Config | None = None, team: list[float] = TEAM,
@@ -41,6 +44,7 @@ def write_run(run_dir: Path, cfg: Config | None = None, team: list[float] = TEAM
         for step in range(50, LAST_EPISODE_STEP + 1, 50):
             records.append("episodes", step=step, own_return=1.0, **{"return": 3.0})
         rank_team = (team_on_rank or {}).get(rank, team)
+        records.append("random_eval", step=0, own_return=RANDOM / AGENTS, team_return=RANDOM, optimal_share=math.nan)
         for k, step in enumerate(EVAL_STEPS):
             own = team[k] / AGENTS + (rank - 1) * 0.5  # offsets -0.5, 0, 0.5 sum to zero over the ranks
             last = k == len(EVAL_STEPS) - 1
@@ -77,8 +81,12 @@ def test_json_summary_is_what_the_records_say(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["run"] == str(run) and summary["label"] == "odmar beta=0.01"
     assert (summary["agents"], summary["steps"], summary["planned_steps"]) == (AGENTS, LAST_EPISODE_STEP, 15000)
-    assert summary["eval"] == [{"step": s, "team_return": r} for s, r in zip(EVAL_STEPS, TEAM)]
+    assert summary["eval"] == [{"step": s, "team_return": r, "optimal_share": r / OPTIMUM} for s, r in zip(EVAL_STEPS, TEAM)]
+    assert (summary["algorithm"], summary["env"]) == ("odmar", "reward-collection")
     assert summary["final_team_return"] == 9.0
+    assert summary["optimal_team_return"] == OPTIMUM and summary["random_team_return"] == RANDOM
+    assert summary["final_optimal_share"] == 9.0 / OPTIMUM
+    assert summary["steps_to_share"] == {"0.9": None, "0.95": None, "0.98": None}
     assert summary["best"] == {"step": 200, "team_return": 12.25}
     # Means over ranks; rank 2's missing first held-out error is left out, not counted as zero.
     assert summary["model_error"] == {"updates": 3, "first_step": 100, "first_holdout_rmse": 0.5 + 0.0625,
@@ -96,6 +104,8 @@ def test_json_summary_is_what_the_records_say(tmp_path):
 def test_the_table_shows_final_best_model_consensus_and_time(tmp_path):
     table = format_table(summarise(write_run(tmp_path / "run")))
     assert "final team return 9.000 at step 300; best 12.250 at step 200" in table
+    assert (f"The team collects {9.0 / OPTIMUM:.1%} of the best possible return ({OPTIMUM:.1f}, every agent going "
+            f"straight to its best site); agents acting at random collect -30.5.") in table
     assert "0.5625 at step 100 -> 0.25 at step 300" in table
     assert "3-4 gossip rounds" in table and "3.00e-10" in table
     assert "66.7 steps/s" in table
