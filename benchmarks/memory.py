@@ -110,31 +110,34 @@ def steady_state_node(overrides: tuple[str, ...], comm: MPI.Comm,
     cfg = load_config(None, overrides)
     validate(cfg, comm.Get_size())
     stages.append(("+ project imports, MPI", process_memory()))
-    node = Node(cfg, comm, run_dir=Path("."))
+    node = Node(cfg, comm, cfg.comm.graph(comm.Get_size(), cfg.run.seed), run_dir=Path("."))
     stages.append(("+ Node built", process_memory()))
+    learner = node.learner
     rng = np.random.default_rng(seed + node.rank)
     filled = 0
-    while filled < node.real.capacity:
-        n = min(FILL_CHUNK, node.real.capacity - filled)
+    while filled < learner.real.capacity:
+        n = min(FILL_CHUNK, learner.real.capacity - filled)
         obs = torch.as_tensor(rng.uniform(world.WORLD_LOW, world.WORLD_HIGH, (n, world.OBS_DIM)), dtype=torch.float32)
         actions = torch.as_tensor(rng.uniform(-1.0, 1.0, (n, world.ACT_DIM)), dtype=torch.float32)
-        node.real.add_batch(obs, actions, torch.zeros(n), (obs + actions).clamp(world.WORLD_LOW, world.WORLD_HIGH),
+        learner.real.add_batch(obs, actions, torch.zeros(n), (obs + actions).clamp(world.WORLD_LOW, world.WORLD_HIGH),
                             torch.zeros(n))
         filled += n
-    if node.model is not None:
+    if hasattr(learner, "model"):
         states = rng.uniform(world.WORLD_LOW, world.WORLD_HIGH, (MODEL_TRANSITIONS, world.OBS_DIM))
         actions = rng.uniform(-1.0, 1.0, (MODEL_TRANSITIONS, world.ACT_DIM))
-        node.model.observe(np.hstack([states, actions]), actions)
-        node.update_model_and_imagine()
+        learner.model.observe(np.hstack([states, actions]), actions)
+        learner.model_step(cfg.run.warmup_steps, node.gossip)
     stages.append(("+ replay full, model update", process_memory()))
-    node.update_policy(cfg.sac.updates_per_step)
+    learner.update(cfg.run.warmup_steps)
     stages.append(("+ SAC updates (steady state)", process_memory()))
     return node
 
 
 def measure(node: Node) -> list[tuple[str, int]]:
     """(part, bytes) for each part of one rank's state; the last row is whatever else the node holds."""
-    model, sac, consensus = node.model, node.sac, node.consensus
+    learner = node.learner
+    model, sac = getattr(learner, "model", None), learner.sac
+    consensus = next(iter(node.gossip.pool.values()), None)
     gradients = [p.grad for group in sac.optimizer.param_groups for p in group["params"] if p.grad is not None]
     parts: list[tuple[str, tuple[object, ...], tuple[object, ...]]] = []  # (name, objects, excluded)
     if model is not None:
@@ -145,18 +148,18 @@ def measure(node: Node) -> list[tuple[str, int]]:
             ("GP posterior: chol(I + J), mean", (model.posterior,), ()),
             # pack/unpack keep their upper-triangle index tensors in an lru_cache: this returns the cached pair.
             ("GP packing indices (cached)", (statistics._triangle(model.num_inducing, model.device),), ()),
-            ("node's packed copies (input, summed)", (node.stats_buffer, node.posterior_statistics), ()),
+            ("learner's packed copies (input, summed)", (learner.stats_buffer, learner.posterior_statistics), ()),
+            (f"consensus: 3 iterates + {len(consensus.neighbours)} receive + scratch", (consensus,), ()),
+            (f"imagined buffer ({learner.imagined.capacity} rows)", (learner.imagined,), ()),
         ]
     parts += [
-        (f"consensus: 3 iterates + {len(consensus.neighbours)} receive + scratch", (consensus,), ()),
-        (f"real replay buffer ({node.real.capacity:.0e} rows)", (node.real,), ()),
-        (f"imagined buffer ({node.imagined.capacity} rows)", (node.imagined,), ()),
+        (f"real replay buffer ({learner.real.capacity:.0e} rows)", (learner.real,), ()),
         ("SAC actor, twin critics, targets", (sac.actor, sac.critic, sac.critic_target, sac.log_alpha), ()),
         ("SAC gradients + Adam moments", (gradients, sac.optimizer), ()),
     ]
     rows = [(name, owned_bytes(*objects, exclude=exclude)) for name, objects, exclude in parts]
     listed = tuple(obj for _, objects, _ in parts for obj in objects)
-    rows.append(("rest of the node (holdout, env, records)", owned_bytes(node, exclude=listed)))
+    rows.append(("rest of the node (holdout, world, records, gossip)", owned_bytes(node, exclude=listed)))
     return rows
 
 

@@ -56,13 +56,14 @@ def original_batch(transitions: deque, batch_size: int) -> tuple[torch.Tensor, .
 
 def original_imagination(node: Node, starts: torch.Tensor, horizon: int, beta: float) -> list[tuple]:
     """The original's rollouts: per start state and step, one model call and a deep-copied env for the reward."""
+    learner = node.learner
     out = []
     for state in starts:
         s = state[None]
         for _ in range(horizon):
-            action = node.sac.act_batch(s)
-            next_mean, std = node.predict_next_state(s, action)
-            scratch = copy.deepcopy(node.env)
+            action = learner.sac.act_batch(s)
+            next_mean, std = learner.predict_next_state(s, action)
+            scratch = copy.deepcopy(node.world)
             scratch.position[:] = s[0].numpy()
             scratch.t = 0
             _, reward, _ = scratch.step(action[0].numpy())
@@ -82,29 +83,31 @@ def main(config_path: str, steps: int, repeats: int, as_json: bool) -> None:
     cfg = load_config(config_path, [f"run.warmup_steps={warmup}", "run.train_steps=0", "run.eval_every=1000000",
                                     "run.checkpoint_every=0", "run.progress_every=0"])
     with tempfile.TemporaryDirectory() as tmp:
-        node = Node(cfg, comm, run_dir=Path(tmp) / f"bench{comm.Get_rank()}")
+        node = Node(cfg, comm, cfg.comm.graph(comm.Get_size(), cfg.run.seed), run_dir=Path(tmp) / f"bench{comm.Get_rank()}")
         node.train()  # warm-up, first model update and imagination
-        before = dict(node.clock.seconds)
+        before = dict(node.telemetry.clock.seconds)
         node.cfg.run.train_steps = steps
         start = time.perf_counter()
         node.train()
         elapsed = comm.allreduce(time.perf_counter() - start, op=MPI.MAX)  # benchmark-only collective
-    phases = {k: node.clock.seconds[k] - before[k] for k in before}
+    phases = {k: node.telemetry.clock.seconds[k] - before[k] for k in before}
     phases = {k: comm.allreduce(v, op=MPI.SUM) / comm.Get_size() for k, v in phases.items()}
     if comm.Get_rank() != 0:
         return
 
     torch.set_num_threads(cfg.run.torch_threads)
     m, sac = cfg.model, cfg.sac
+    learner = node.learner
     transitions = deque(maxlen=sac.buffer_size)
-    for _ in range(len(node.real)):
-        b = node.real.sample(1)
+    for _ in range(len(learner.real)):
+        b = learner.real.sample(1)
         transitions.append(tuple(t[0].numpy() for t in b))
-    ours_batch = median_seconds(lambda: sample_mixed(node.real, node.imagined, sac.batch_size, sac.real_ratio), repeats * 20)
+    ours_batch = median_seconds(lambda: sample_mixed(learner.real, learner.imagined, sac.batch_size, sac.real_ratio),
+                                repeats * 20)
     ref_batch = median_seconds(lambda: original_batch(transitions, sac.batch_size), repeats * 20)
-    starts = node.real.sample_states(m.rollout_batch)
-    ours_imag = median_seconds(lambda: imagine_rollouts(node.predict_next_state, node.env.reward_fn, node.sac, starts,
-                                                        m.rollout_length, m.beta), repeats)
+    starts = learner.real.sample_states(m.rollout_batch)
+    ours_imag = median_seconds(lambda: imagine_rollouts(learner.predict_next_state, node.world.reward_fn, learner.sac,
+                                                        starts, m.rollout_length, m.beta), repeats)
     ref_imag = median_seconds(lambda: original_imagination(node, starts, m.rollout_length, m.beta), max(1, repeats // 2))
 
     step_s = elapsed / steps
