@@ -1,5 +1,5 @@
 """`python -m odmar_mpi` is `python -m odmar_mpi.run`."""
 
-from odmar_mpi.run import main
+from odmar_mpi.run import cli
 
-main()
+cli()

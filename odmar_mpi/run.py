@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 import time
@@ -9,8 +11,9 @@ import traceback
 from pathlib import Path
 
 import click
+import numpy as np
 
-from odmar_mpi.config import ConfigError, load_config, to_toml, validate
+from odmar_mpi.config import Config, ConfigError, load_config, to_toml, validate
 
 EPILOG = """\b
 Examples:
@@ -25,6 +28,10 @@ Examples:
 EXIT_USAGE = 2
 # Written by rank 0 when the run has done all its steps (job scripts requeue until it exists).
 COMPLETE_MARK = "COMPLETE"
+# Written by rank 0 at the start: what a resume must match (the rank count) besides config.toml.
+RUN_FILE = "run.json"
+# Launchers' variables for this process's rank: usage errors are printed by rank 0 only, before MPI starts.
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 
 
 class RunFolderError(RuntimeError):
@@ -85,11 +92,44 @@ def prepare_run_folder(flood, rank: int, run_dir: Path) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as err:
-        problem = f"rank {rank}: cannot write to run folder {run_dir} ({err.strerror}); pass a writable --out."
-    if problem:
-        print(f"odmar_mpi.run: error: {problem}", file=sys.stderr, flush=True)
-    if flood.minimum(0.0 if problem else 1.0) < 1.0:
-        raise RunFolderError(problem or f"another rank cannot write to run folder {run_dir} (see its message).")
+        problem = f" ({err.strerror})"
+    failing = np.flatnonzero(flood.gather(1.0 if problem else 0.0)[:, 0] > 0).tolist()
+    if failing:
+        who = f"rank {failing[0]}" if len(failing) == 1 else f"ranks {', '.join(map(str, failing))}"
+        # Only rank 0 prints: it names every failing rank, and its own reason when it is one of them.
+        raise RunFolderError(f"{who} cannot write to run folder {run_dir}{problem}; pass a writable --out.")
+
+
+def run_config(config_path: Path | None, overrides: tuple[str, ...], out: Path | None, resume: Path | None,
+               ranks: int) -> Config:
+    """The validated config of a new run, or of the run being resumed (which must have `ranks` ranks)."""
+    if resume is None:
+        cfg = load_config(config_path, overrides)
+    else:
+        if config_path is not None or out is not None:
+            raise ConfigError("--resume takes its config and folder from the run; drop --config/--out (use --set to change a value).")
+        if not (resume / "config.toml").is_file():
+            raise ConfigError(f"--resume {resume}: no run there ({resume / 'config.toml'} is missing); give the folder of an earlier run.")
+        made_with = json.loads((resume / RUN_FILE).read_text())["ranks"] if (resume / RUN_FILE).is_file() else ranks
+        if made_with != ranks:
+            raise ConfigError(f"--resume {resume}: the run was made with {made_with} ranks (one per agent) and this job "
+                              f"has {ranks}; relaunch with {made_with} ranks, e.g. mpirun -n {made_with} python -m "
+                              f"odmar_mpi.run --resume {resume}")
+        cfg = load_config(resume / "config.toml", overrides)
+    validate(cfg, ranks)
+    return cfg
+
+
+def require_devices(flood, cfg: Config) -> None:
+    """With run.device = "cuda", every rank must see a GPU: refuse at once (on every rank) naming those that do not."""
+    if cfg.run.device != "cuda":
+        return
+    import torch
+
+    without = np.flatnonzero(flood.gather(0.0 if torch.cuda.is_available() else 1.0)[:, 0] > 0).tolist()
+    if without:
+        raise ConfigError(f"run.device = \"cuda\" but rank(s) {', '.join(map(str, without))} see no CUDA device; "
+                          "run them on GPU nodes (e.g. sbatch launch/slurm_gpu.sbatch) or set run.device = \"auto\".")
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,25 +152,15 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
 
     install_abort_hook()
     comm = MPI.COMM_WORLD
-    rank = comm.Get_rank()
-    import os
-
+    rank, ranks = comm.Get_rank(), comm.Get_size()
     from odmar_mpi.launch_check import check_world_size
 
     # A mis-wired launch starts N one-rank worlds (N singletons): each refuses, each says it once.
-    refusal = check_world_size(comm.Get_size(), os.environ)
+    refusal = check_world_size(ranks, os.environ)
     if refusal is not None:
         fail_everywhere(rank, RuntimeError(refusal))
     try:
-        if resume is not None:
-            if config_path is not None or out is not None:
-                raise ConfigError("--resume takes its config and folder from the run; drop --config/--out (use --set to change a value).")
-            if not (resume / "config.toml").is_file():
-                raise ConfigError(f"--resume {resume}: no run there ({resume / 'config.toml'} is missing); give the folder of an earlier run.")
-            cfg = load_config(resume / "config.toml", overrides)
-        else:
-            cfg = load_config(config_path, overrides)
-        validate(cfg, comm.Get_size())
+        cfg = run_config(config_path, overrides, out, resume, ranks)
     except ConfigError as err:
         fail_everywhere(rank, err)
 
@@ -140,12 +170,13 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     from odmar_mpi.learners.sac import NonFiniteError
     from odmar_mpi.node import Node
 
-    graph = cfg.comm.graph(comm.Get_size(), cfg.run.seed)
+    graph = cfg.comm.graph(ranks, cfg.run.seed)
     flood = Flood(comm, graph, timeout_s=cfg.comm.timeout_s, name="run agreement")
     try:
+        require_devices(flood, cfg)
         run_dir = agree_run_folder(flood, out, resume)
         prepare_run_folder(flood, rank, run_dir)
-    except RunFolderError as err:
+    except (ConfigError, RunFolderError) as err:
         fail_everywhere(rank, err)
 
     node = Node(cfg, comm, graph, run_dir)
@@ -156,6 +187,7 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
                 print(f"resuming {run_dir} from step {step} with {comm.Get_size()} agents", flush=True)
         elif rank == 0:
             (run_dir / "config.toml").write_text(to_toml(cfg))
+            (run_dir / RUN_FILE).write_text(json.dumps({"ranks": ranks}) + "\n")
             print(f"run folder {run_dir}: {comm.Get_size()} agents, algorithm {cfg.run.algorithm}, "
                   f"{cfg.total_steps} steps each on {node.device}", flush=True)
     except CheckpointError as err:
@@ -180,5 +212,26 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     final_report(run_dir)
 
 
+def launcher_rank() -> int:
+    """This process's rank as its launcher announced it (0 when none did): known before MPI starts."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def cli() -> None:
+    """The entry point: a usage error (unknown option, missing value) is printed once per job, not per rank."""
+    try:
+        code = main.main(standalone_mode=False)
+    except click.ClickException as err:
+        if launcher_rank() == 0:
+            err.show()
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -156,6 +156,23 @@ def test_bad_input_exits_2_on_every_rank_before_training(args, overrides, messag
     assert not (tmp_path / "runs").exists()
 
 
+def test_resume_with_another_rank_count_is_refused_with_the_right_number(finished_run):
+    run_dir, _ = finished_run
+    result = run_job("--resume", str(run_dir), overrides=[], ranks=3, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("error:") == 1  # one message per job, not one per rank
+    assert f"the run was made with {RANKS} ranks (one per agent) and this job has 3; relaunch with {RANKS} ranks" in result.stderr
+
+
+def test_usage_errors_and_non_finite_settings_are_refused_once_per_job(tmp_path):
+    result = run_job("--bogus", overrides=[], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("No such option '--bogus'") == 1
+    result = run_job(overrides=["model.noise_var=inf"], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1
+    assert "model.noise_var = inf is not a finite number; allowed: > 0" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_an_older_common_step(finished_run, tmp_path):
     full_dir, _ = finished_run
     broken = tmp_path / "broken"
