@@ -9,6 +9,7 @@ import click
 
 from odmar_mpi.config import ConfigError, load_config, to_toml, validate
 from odmar_mpi.config import explain as explain_settings
+from odmar_mpi.memory import available_memory, check_fits, estimate_for_config, format_memory
 
 
 @click.command(epilog="\b\nExamples:\n  python -m odmar_mpi.check configs/odmar_beta0.01.toml --ranks 5\n"
@@ -18,11 +19,18 @@ from odmar_mpi.config import explain as explain_settings
 @click.option("--ranks", type=click.IntRange(min=1), default=8, show_default=True,
               help="Number of MPI ranks (agents) the run will use.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one value; repeatable.")
+@click.option("--ranks-per-node", type=click.IntRange(min=1),
+              help="Ranks that will share one machine's memory [default: all of them].")
+@click.option("--node-memory", type=click.FloatRange(min=0, min_open=True), metavar="GB",
+              help="Memory of one compute node in GB [default: what this machine has available].")
 @click.option("--explain", is_flag=True, help="Print every setting (default, unit, allowed values, meaning) and exit.")
-def main(config: Path | None, ranks: int, overrides: tuple[str, ...], explain: bool) -> None:
+def main(config: Path | None, ranks: int, overrides: tuple[str, ...], ranks_per_node: int | None,
+         node_memory: float | None, explain: bool) -> None:
     """Check CONFIG (default: the built-in default) as `odmar_mpi.run` would with RANKS ranks.
 
-    Prints the resolved config as TOML and exits 0, or prints what is wrong and exits 2.
+    Prints the resolved config as TOML (and the memory estimate on stderr) and exits 0, or prints what
+    is wrong and exits 2. The estimate is checked against one node's memory: this machine's unless
+    --node-memory says otherwise (on a login node, give the compute nodes').
     """
     if explain:
         click.echo(explain_settings())
@@ -32,6 +40,14 @@ def main(config: Path | None, ranks: int, overrides: tuple[str, ...], explain: b
         validate(cfg, ranks)
     except ConfigError as err:
         click.echo(f"odmar_mpi.check: error: {err}", err=True)
+        sys.exit(2)
+    estimate = estimate_for_config(cfg, ranks)
+    per_node = min(ranks_per_node or ranks, ranks)
+    node_bytes = int(node_memory * 1e9) if node_memory else available_memory()
+    click.echo(format_memory(estimate, per_node, node_bytes), err=True)
+    problem = check_fits(estimate, per_node, node_bytes)
+    if problem:
+        click.echo(f"odmar_mpi.check: error: {problem}", err=True)
         sys.exit(2)
     click.echo(f"# {config or 'built-in default'}: valid for {ranks} ranks")
     click.echo(to_toml(cfg))

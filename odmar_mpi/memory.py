@@ -260,6 +260,12 @@ def estimate_memory(cfg: Any, ranks: int, max_degree: int, *, diameter: int | No
     return estimate_from(inputs)
 
 
+def estimate_for_config(cfg: Any, ranks: int) -> MemoryEstimate:
+    """`estimate_memory` with the degree and diameter of the config's graph on `ranks` ranks."""
+    graph = cfg.comm.graph(ranks, cfg.run.seed)
+    return estimate_memory(cfg, ranks, max((len(n) for n in graph.neighbours), default=0), diameter=graph.diameter())
+
+
 # ------------------------------------------------------------------------------------------- the node
 
 

@@ -132,6 +132,27 @@ def require_devices(flood, cfg: Config) -> None:
                           "run them on GPU nodes (e.g. sbatch launch/slurm_gpu.sbatch) or set run.device = \"auto\".")
 
 
+def require_memory(flood, comm, cfg: Config) -> None:
+    """Refuse, before anything is allocated, a config whose ranks would not fit in their node's memory.
+
+    Each rank checks its own node (ranks sharing it, its available memory); the lowest failing rank
+    says why, once, and every rank exits 2.
+    """
+    from mpi4py import MPI
+
+    from odmar_mpi.memory import available_memory, check_fits, estimate_for_config
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    on_this_node = node.Get_size()
+    node.Free()
+    problem = check_fits(estimate_for_config(cfg, comm.Get_size()), on_this_node, available_memory())
+    failing = np.flatnonzero(flood.gather(1.0 if problem else 0.0)[:, 0] > 0)
+    if failing.size:
+        if comm.Get_rank() == failing[0]:
+            print(f"odmar_mpi.run: error: rank {failing[0]}'s node: {problem}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
+
+
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="TOML config (see configs/). Default: the built-in default, the original's setting "
@@ -174,6 +195,7 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     flood = Flood(comm, graph, timeout_s=cfg.comm.timeout_s, name="run agreement")
     try:
         require_devices(flood, cfg)
+        require_memory(flood, comm, cfg)
         run_dir = agree_run_folder(flood, out, resume)
         prepare_run_folder(flood, rank, run_dir)
     except (ConfigError, RunFolderError) as err:

@@ -33,7 +33,7 @@ def test_every_shipped_config_is_accepted(path):
     result = check(str(path), "--ranks", ranks)
     assert result.exit_code == 0, result.output
     # What it prints is the resolved config: the file's values over the defaults.
-    resolved = result.output.split("\n", 1)[1]
+    resolved = result.stdout.split("\n", 1)[1]
     assert resolved.strip() == to_toml(load_config(path)).strip()
 
 
@@ -148,3 +148,13 @@ def test_finite_time_needs_no_rounds_but_plain_does():
 def test_rollout_batch_larger_than_warmup_is_refused_before_training():
     with pytest.raises(ConfigError, match="model.rollout_batch = 256 exceeds run.warmup_steps = 100"):
         validate(load_config(None, ["run.warmup_steps=100"]), ranks=2)
+
+
+def test_check_prints_the_memory_estimate_and_refuses_what_cannot_fit_naming_the_knob():
+    fits = check("--ranks", "5", "--node-memory", "64")
+    assert fits.exit_code == 0 and "memory per rank (estimate" in fits.stderr and "total per rank" in fits.stderr
+    absurd = check("--ranks", "5", "--node-memory", "64", "--set", "model.num_inducing=200000")
+    assert absurd.exit_code == 2
+    assert "model.num_inducing = " in absurd.stderr and "or less (now 200000; memory grows as M^2)" in absurd.stderr
+    crowded = check("--ranks", "64", "--node-memory", "4")
+    assert crowded.exit_code == 2 and "ranks per node" in crowded.stderr

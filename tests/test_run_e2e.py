@@ -146,6 +146,7 @@ def test_a_signal_on_one_rank_stops_every_rank_at_one_checkpointed_step(tmp_path
         ((), ["comm.topology=hypercube"], "hypercube"),  # 2 ranks fit a hypercube; 3 do not (below)
         (("--resume", "/nonexistent/run"), [], "no run there"),
         (("--out", "/proc/odmar-cannot-write"), TINY, "cannot write to run folder"),
+        ((), ["model.num_inducing=200000"], "or less (now 200000; memory grows as M^2)"),
     ],
 )
 def test_bad_input_exits_2_on_every_rank_before_training(args, overrides, message, tmp_path):
