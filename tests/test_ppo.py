@@ -162,3 +162,18 @@ def test_sequence_buffer_state_round_trip_is_exact() -> None:
                    [True, False])
     for x, y in zip(original.sample(8, 6), resumed.sample(8, 6)):
         assert (x is None and y is None) or torch.equal(x, y)
+
+
+def test_critic_is_member_zeros_row_of_a_transformer_encoder_layer() -> None:
+    critic = Critic(4, TINY, seed=0)
+    layer = torch.nn.TransformerEncoderLayer(TINY.critic_hidden, TINY.critic_heads, TINY.critic_hidden, dropout=0.0,
+                                             batch_first=True)
+    layer.self_attn.load_state_dict(critic.attention.state_dict())
+    for name in ("linear1", "linear2", "norm1", "norm2"):
+        getattr(layer, name).load_state_dict(getattr(critic, name).state_dict())
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(7, 3, 4, generator=g)
+    valid = torch.tensor([True, True, False])
+    x = torch.relu(critic.embed(features))
+    expected = critic.head(torch.relu(layer(x, src_key_padding_mask=~valid.expand(7, 3))[:, 0])).squeeze(-1)
+    torch.testing.assert_close(critic(features, valid), expected, atol=1e-6, rtol=0)  # float32 op order only

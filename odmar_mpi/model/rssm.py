@@ -330,20 +330,22 @@ class RSSM(nn.Module):
         none_action = torch.full_like(messages.action[0], -1)
         none_latents = torch.zeros_like(neighbour_latents[0])
         start = self.initial((batch,), embed.device)
-        h = self._deterministic(start.h, start.z, action[0].new_full((batch,), -1), none_action, none_latents,
-                                attend[0], graph.member_ids, generator)
+
+        def restart(rows: Tensor, attend_rows: Tensor) -> Tensor:  # zero state, no action, no messages
+            return self._deterministic(start.h[rows], start.z[rows], rows.new_full(rows.shape, -1), none_action[rows],
+                                       none_latents[rows], attend_rows, graph.member_ids, generator)
+
         hs, zs, posteriors, priors, h_next = [], [], [], [], []
         for t in range(steps):
-            if t > 0:
+            if t == 0:
+                h = restart(torch.arange(batch), attend[0])
+            else:
                 h = self._deterministic(hs[-1], zs[-1], action[t - 1], messages.action[t - 1],
                                         neighbour_latents[t - 1], attend[t - 1], graph.member_ids, generator)
                 h_next.append(h)
                 rows = is_first[t].nonzero().squeeze(-1)
-                if len(rows):  # episodes that start inside the window: those rows restart from zero
-                    reset = self._deterministic(start.h[rows], start.z[rows], action[t, rows].new_full(rows.shape, -1),
-                                                none_action[rows], none_latents[rows], attend[t - 1, rows],
-                                                graph.member_ids, generator)
-                    h = h.index_put((rows,), reset)
+                if len(rows):  # episodes that start inside the window
+                    h = h.index_put((rows,), restart(rows, attend[t - 1, rows]))
             prior_logits, posterior_logits, z = self._distributions(h, embed[t], generator)
             hs.append(h), zs.append(z), priors.append(prior_logits), posteriors.append(posterior_logits)
         h_next.append(self._deterministic(hs[-1], zs[-1], action[-1], messages.action[-1], neighbour_latents[-1],

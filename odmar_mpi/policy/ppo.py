@@ -114,18 +114,20 @@ class Actor(nn.Module):
 
 class Critic(nn.Module):
     """MAMBA's AugmentedCritic restricted to a set: ReLU(Linear) embedding of each member's features, one
-    transformer encoder layer over the members (feed-forward width = hidden, no dropout, invalid members
-    masked), ReLU, then an MLP on member 0's row -> its value. Members form a set: no position encoding."""
+    post-norm transformer encoder layer over the members (8 heads, feed-forward width = hidden, no
+    dropout, invalid members masked), ReLU, then an MLP -> member 0's value. Only member 0's row of the
+    layer is computed (the others would be discarded). Members form a set: no position encoding."""
 
     def __init__(self, in_dim: int, config: PPOConfig, seed: int) -> None:
         super().__init__()
+        hidden = config.critic_hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.embed = nn.Linear(in_dim, config.critic_hidden)
-            self.attention = nn.TransformerEncoderLayer(config.critic_hidden, config.critic_heads,
-                                                        dim_feedforward=config.critic_hidden, dropout=0.0,
-                                                        batch_first=True)
-            self.head = _mlp(config.critic_hidden, 1, 1, config.critic_hidden)
+            self.embed = nn.Linear(in_dim, hidden)
+            self.attention = nn.MultiheadAttention(hidden, config.critic_heads, batch_first=True)
+            self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+            self.linear1, self.linear2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+            self.head = _mlp(hidden, 1, 1, hidden)
             for parameter in self.parameters():
                 if parameter.dim() >= 2:
                     nn.init.xavier_uniform_(parameter)
@@ -135,8 +137,10 @@ class Critic(nn.Module):
         members = features.shape[-2]
         x = F.relu(self.embed(features)).reshape(-1, members, self.embed.out_features)
         padding = ~valid.expand(features.shape[:-1]).reshape(-1, members)
-        x = F.relu(self.attention(x, src_key_padding_mask=padding))
-        return self.head(x[:, 0]).view(features.shape[:-2])
+        own = x[:, :1]
+        own = self.norm1(own + self.attention(own, x, x, key_padding_mask=padding, need_weights=False)[0])
+        own = self.norm2(own + self.linear2(F.relu(self.linear1(own))))
+        return self.head(F.relu(own[:, 0])).view(features.shape[:-2])
 
 
 def lambda_returns(rewards: Tensor, values: Tensor, discounts: Tensor, lam: float) -> Tensor:
