@@ -187,6 +187,13 @@ def test_ring_mask_only_neighbours_influence_an_agent() -> None:
     assert not torch.equal(next_h(neighbour_z, actions)[0], base[0])
 
 
+def test_local_graph_keeps_only_edges_inside_the_neighbourhood() -> None:
+    graph = local_graph(0, [5, 1, None], ring(6))  # agent 0 on a ring of six, one empty slot
+    assert graph.member_ids.tolist() == [0, 5, 1, 0]
+    assert graph.adjacency.tolist() == [[True, True, True, False], [True, True, False, False],
+                                        [True, False, True, False], [False, False, False, False]]
+
+
 def test_empty_neighbour_slots_are_ignored() -> None:
     m = model()
     g = torch.Generator().manual_seed(3)
