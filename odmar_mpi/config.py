@@ -11,6 +11,7 @@ penalty on, a cycle graph and 100 plain consensus rounds.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -21,11 +22,12 @@ from odmar_mpi.comm.limits import MAX_ROUNDS, MIN_TOL
 from odmar_mpi.comm.topology import TOPOLOGIES, Graph, TopologyError, build_graph
 from odmar_mpi.comm.weights import ALGORITHMS as CONSENSUS_ALGORITHMS
 from odmar_mpi.comm.weights import WEIGHT_SCHEMES, mixing_matrix
-from odmar_mpi.learners import ALGORITHMS
+from odmar_mpi.learners import ALGORITHMS, DISCRETE_ACTIONS
 from odmar_mpi.model.settings import ModelConfig
 from odmar_mpi.policy.settings import SACConfig
 from odmar_mpi.settings import (SettingError, check_settings, coerce, describe_settings, did_you_mean, setting,
                                 unknown_field_hint)
+from odmar_mpi.worlds import REWARD_COLLECTION, WORLD_NAMES, WORLD_PACKAGES
 
 ConfigError = SettingError
 """A configuration problem, phrased for the person who wrote the config."""
@@ -63,9 +65,14 @@ class RunConfig:
 
 @dataclass
 class EnvConfig:
-    """The `[env]` settings: the reward-collection world."""
+    """The `[env]` settings: the world every rank holds a copy of."""
 
-    n_rewards: int = setting(10, "Reward sites on the grid.", low=1)
+    world: str = setting(REWARD_COLLECTION, "'reward-collection' (agents move alone; ODMAR's world) or a coupled "
+                                            "PettingZoo world stepped with everyone's actions, e.g. 'simple_spread' "
+                                            "(mpe2).", choices=WORLD_NAMES)
+    n_agents: int = setting(0, "Agents in the world; 0 = one per rank (any other value must equal the rank "
+                               "count).", low=0)
+    n_rewards: int = setting(10, "Reward-collection world: reward sites on the grid.", low=1)
     action_penalty: bool = setting(True, "Subtract sum|action| from each step's reward.")
     episode_length: int = setting(100, "Steps per episode (a truncation, not a terminal state).", unit="steps",
                                   low=1)
@@ -199,6 +206,7 @@ def validate(cfg: Config, ranks: int) -> None:
     """
     for name in _sections():
         check_settings(getattr(cfg, name), f"{name}.")
+    validate_world(cfg, ranks)
     if cfg.comm.topology == "edges":
         if not cfg.comm.edges_file:
             raise ConfigError('comm.topology = "edges" needs comm.edges_file, a text file with one "i j" edge per line.')
@@ -219,6 +227,25 @@ def validate(cfg: Config, ranks: int) -> None:
         mixing_matrix(cfg.comm.graph(ranks, cfg.run.seed), cfg.comm.weights)
     except (TopologyError, ValueError) as err:
         raise ConfigError(f"with {ranks} ranks: {err}") from err  # comm's message names the key and the fix
+
+
+def validate_world(cfg: Config, ranks: int) -> None:
+    """The world's package is installed, its agent count is the rank count, its actions suit the algorithm."""
+    world, algorithm = cfg.env.world, cfg.run.algorithm
+    if world in WORLD_PACKAGES:
+        package, install = WORLD_PACKAGES[world]
+        if importlib.util.find_spec(package) is None:
+            raise ConfigError(f"env.world = {world!r} needs the package {package!r}, which is not installed: {install}")
+    if cfg.env.n_agents not in (0, ranks):
+        raise ConfigError(f"env.n_agents = {cfg.env.n_agents} but the job has {ranks} ranks: one rank runs one agent, "
+                          f"so launch {cfg.env.n_agents} ranks (mpirun -n {cfg.env.n_agents}) or set env.n_agents = 0.")
+    discrete_world = world != REWARD_COLLECTION
+    if DISCRETE_ACTIONS[algorithm] != discrete_world:
+        kind, other = ("discrete", "continuous") if discrete_world else ("continuous", "discrete")
+        fits = [name for name, discrete in DISCRETE_ACTIONS.items() if discrete == discrete_world]
+        raise ConfigError(f"run.algorithm = {algorithm!r} acts with {other} actions but env.world = {world!r} takes "
+                          f"{kind} ones; choose run.algorithm from {', '.join(fits)} for this world"
+                          + ("" if discrete_world else f", or env.world = {REWARD_COLLECTION!r}") + ".")
 
 
 def explain() -> str:

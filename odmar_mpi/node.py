@@ -24,6 +24,7 @@ from odmar_mpi import __version__
 from odmar_mpi.checkpoint import (CheckpointError, load_checkpoint, loadable_steps, remove_temporaries,
                                   save_checkpoint)
 from odmar_mpi.comm.consensus import VectorGossip
+from odmar_mpi.comm.exchange import NeighbourExchange
 from odmar_mpi.comm.flood import Flood
 from odmar_mpi.comm.step_gossip import StepGossip
 from odmar_mpi.comm.topology import Graph
@@ -88,6 +89,9 @@ class Node:
 
         self.world = make_world(cfg, self.rank, self.n_agents)
         self.eval_world = make_world(cfg, self.rank, self.n_agents)
+        # A coupled world steps every agent, so every step every copy needs everyone's action.
+        self.action_flood = (Flood(comm, graph, width=self.world.action_width, timeout_s=timeout, name="joint action")
+                             if self.world.coupled else None)
         learner = learner_class(cfg.run.algorithm)
         self.telemetry = Telemetry(learner.tables, rank=self.rank,
                                    optimal_team_return=world_optimum(cfg, self.n_agents), attrs={
@@ -96,10 +100,13 @@ class Node:
         self.learner = learner(LearnerContext(cfg=cfg, world=self.world, rank=self.rank, n_agents=self.n_agents,
                                               device=self.device, seed=self.seed, records=self.telemetry.records,
                                               clock=self.telemetry.clock))
+        self.messages = (NeighbourExchange(comm, graph.neighbours[self.rank], self.learner.message_size, timeout,
+                                           name="neighbour messages") if self.learner.message_size else None)
+        self.message_calls = 0
         self.pending = PendingSteps()
-        self.rng = np.random.default_rng(self.seed("warmup"))
         self.step = 0
         self.obs = self.world.reset()
+        self.learner.begin_episode("explore")
         self.stop_requested = False
 
     def seed(self, stream: str) -> int:
@@ -121,12 +128,11 @@ class Node:
         if self.step == 0:
             self.evaluate_random_policy()
         while self.step < total:
-            learning = self.step >= warmup
-            action = learner.act(self.obs) if learning else self.world.sample_action(self.rng)
-            with clock("env"):
-                next_obs, own_reward, truncated = self.world.step(action)
-            self.pending.add(Transition(self.obs, action, math.nan, next_obs, False, truncated), own_reward)
-            self.obs = self.world.reset() if truncated else next_obs
+            mode = "explore" if self.step >= warmup else "warmup"
+            action = learner.act(self.obs, mode)
+            next_obs, own_reward, terminated, truncated = self.step_world(self.world, action, mode)
+            self.pending.add(Transition(self.obs, action, math.nan, next_obs, terminated, truncated), own_reward)
+            self.obs = self.start_episode(self.world, "explore") if terminated or truncated else next_obs
             self.step += 1
             with clock("gossip"):
                 table = self.step_gossip.push((own_reward, float(self.stop_requested)))
@@ -150,6 +156,28 @@ class Node:
         self.record_last_steps()
         return True
 
+    def step_world(self, world: Any, action: np.ndarray, mode: str) -> tuple[np.ndarray, float, bool, bool]:
+        """Exchange what this step needs with the other ranks, then step `world` (the training or the eval copy).
+
+        The learner's message (if it has one) goes to the neighbours, theirs come back; a coupled world
+        needs every rank's action, which a flood brings. Every rank calls it at the same step.
+        """
+        clock = self.telemetry.clock
+        with clock("gossip"):
+            if self.messages is not None:
+                self.message_calls += 1
+                received = self.messages.exchange(self.learner.message(mode), call=self.message_calls, round=1)
+                self.learner.receive(mode, received)
+            joint = self.action_flood.gather(action) if self.action_flood is not None else None
+        with clock("env"):
+            return world.step(action, joint)
+
+    def start_episode(self, world: Any, mode: str) -> np.ndarray:
+        """Reset `world`; the learner's recurrent state of `mode` starts over. Returns the first observation."""
+        obs = world.reset()
+        self.learner.begin_episode(mode)
+        return obs
+
     def complete_step(self, table: np.ndarray, learn: bool = True) -> bool:
         """The oldest pending step is complete on every rank (`table`: row r = rank r's STEP_VALUES): hand its
         transition to the learner and the telemetry. Returns whether any rank asked to stop at that step."""
@@ -160,7 +188,7 @@ class Node:
         if learn:
             with self.telemetry.clock("observe"):
                 self.learner.observe(transition)
-        self.telemetry.episode_step(self.step, reward, own_reward, transition.truncated)
+        self.telemetry.episode_step(self.step, reward, own_reward, transition.terminated or transition.truncated)
         return bool(table[:, STOP].max() > 0)
 
     def record_last_steps(self) -> None:
@@ -179,7 +207,7 @@ class Node:
     def evaluate(self) -> None:
         """Deterministic episodes on the own eval copy of the world; the team return is the exact sum over agents."""
         with self.telemetry.clock("eval"):
-            own, transitions = self.run_episodes(lambda obs: self.learner.act(obs, deterministic=True))
+            own, transitions = self.run_episodes("evaluate")
             self.learner.evaluated(self.step, transitions)
         with self.telemetry.clock("gossip"):
             team = self.flood.sum(own)
@@ -189,21 +217,24 @@ class Node:
 
     def evaluate_random_policy(self) -> None:
         """The same evaluation with uniformly random actions, once before training: the bottom of the scale."""
-        rng = np.random.default_rng(self.seed("random_eval"))
-        own, _ = self.run_episodes(lambda obs: self.eval_world.sample_action(rng))
+        own, _ = self.run_episodes("random")
         self.telemetry.random_evaluation(self.step, own, self.flood.sum(own))
 
-    def run_episodes(self, policy) -> tuple[float, list[Transition]]:
-        """`run.eval_episodes` episodes of `policy` (obs -> action) on the eval copy: (mean own return, transitions)."""
+    def run_episodes(self, mode: str) -> tuple[float, list[Transition]]:
+        """`run.eval_episodes` episodes of the learner acting in `mode` on the eval copy: (mean own return,
+        transitions).
+
+        Collective on coupled worlds or with learner messages: every rank runs its episodes in step.
+        """
         returns, transitions = [], []
         for _ in range(self.cfg.run.eval_episodes):
-            obs, total, truncated = self.eval_world.reset(), 0.0, False
-            while not truncated:
-                action = policy(obs)
-                next_obs, reward, truncated = self.eval_world.step(action)
-                transitions.append(Transition(obs, action, reward, next_obs, False, truncated))
+            obs, total, done = self.start_episode(self.eval_world, mode), 0.0, False
+            while not done:
+                action = self.learner.act(obs, mode)
+                next_obs, reward, terminated, truncated = self.step_world(self.eval_world, action, mode)
+                transitions.append(Transition(obs, action, reward, next_obs, terminated, truncated))
                 total += reward
-                obs = next_obs
+                obs, done = next_obs, terminated or truncated
             returns.append(total)
         return float(np.mean(returns)), transitions
 
@@ -219,7 +250,7 @@ class Node:
 
     def state_dict(self) -> dict[str, Any]:
         state = {name: part.state_dict() for name, part in self.parts().items()}
-        state["node"] = {"step": self.step, "obs": self.obs.copy(), "warmup_rng": self.rng.bit_generator.state,
+        state["node"] = {"step": self.step, "obs": self.obs.copy(), "message_calls": self.message_calls,
                          "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
         return state
 
@@ -229,7 +260,7 @@ class Node:
         node = state["node"]
         self.step = int(node["step"])
         self.obs = np.asarray(node["obs"])
-        self.rng.bit_generator.state = node["warmup_rng"]
+        self.message_calls = int(node["message_calls"])
         torch.set_rng_state(node["torch_rng"])
         version, internal, gauss = node["python_rng"]
         random.setstate((version, tuple(internal), gauss))
@@ -280,6 +311,6 @@ def agree_on_step(flood: Flood, steps: list[int]) -> int | None:
 
     def free(self) -> None:
         """Release the communicators; every rank calls it."""
-        self.gossip.free()
-        self.flood.free()
-        self.step_gossip.free()
+        for part in (self.gossip, self.flood, self.step_gossip, self.action_flood, self.messages):
+            if part is not None:
+                part.free()

@@ -1,21 +1,83 @@
-"""The world copy a rank steps, built from the configuration (the same world on every rank)."""
+"""The world copy a rank steps, built from the configuration (the same world on every rank).
+
+Two kinds, one interface (what the node and the learners use):
+
+- the reward-collection world (`env.AgentEnv`): agents do not interact, so a rank's copy moves only
+  its own agent and needs nobody's action (`coupled = False`);
+- coupled PettingZoo worlds (`env.coupled.CoupledWorld`, e.g. mpe2's simple_spread): every copy steps
+  every agent, so each step needs the joint action (`coupled = True`), which the node floods.
+
+`step(action, joint)` returns (own observation, own reward, terminated, truncated); `joint` is the
+(n_agents, action_width) table of every rank's action for coupled worlds and None otherwise.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
+
 import env as world_package
+from env.coupled import WORLDS as COUPLED_WORLDS
+from env.coupled import CoupledWorld, make_coupled_env
 from env.optimum import optimal_team_return
 
+REWARD_COLLECTION = "reward-collection"
+WORLD_NAMES = (REWARD_COLLECTION, *COUPLED_WORLDS)
+# The package each coupled world needs, and how to install it.
+WORLD_PACKAGES = {"simple_spread": ("mpe2", "pip install mpe2  (or: pip install -e '.[mpe]')")}
 
-def make_world(cfg: Any, rank: int, n_agents: int) -> world_package.AgentEnv:
+
+class RewardWorldCopy(world_package.AgentEnv):
     """This rank's copy of the reward-collection world, moving only this rank's agent."""
-    return world_package.AgentEnv(n_agents=n_agents, agent_id=rank, seed=cfg.run.seed, n_rewards=cfg.env.n_rewards,
-                                  action_penalty=cfg.env.action_penalty, episode_length=cfg.env.episode_length)
+
+    coupled = False
+    discrete = False
+
+    @property
+    def action_width(self) -> int:
+        return self.act_dim
+
+    def step(self, action: Any, joint: np.ndarray | None = None) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, truncated = super().step(action)
+        return obs, reward, False, truncated
+
+
+class CoupledWorldCopy(CoupledWorld):
+    """This rank's copy of a jointly stepped PettingZoo world with discrete actions."""
+
+    coupled = True
+    action_width = 1
+
+    def reset(self) -> np.ndarray:
+        return super().reset().astype(np.float64)
+
+    def step(self, action: Any, joint: np.ndarray | None = None) -> tuple[np.ndarray, float, bool, bool]:
+        obs, reward, terminated, truncated = super().step(np.asarray(joint[:, 0], dtype=np.int64))
+        if (terminated or truncated) and self.env.agents:
+            raise RuntimeError(f"agent {self.agent} left the world before the others: worlds whose agents finish at "
+                               "different steps are not supported (every copy must reset together)")
+        return obs.astype(np.float64), reward, terminated, truncated
+
+    def sample_action(self, rng: np.random.Generator) -> np.ndarray:
+        """A uniformly random action index (as a 0-d int array)."""
+        return np.asarray(rng.integers(self.n_actions))
+
+
+def make_world(cfg: Any, rank: int, n_agents: int) -> RewardWorldCopy | CoupledWorldCopy:
+    """This rank's copy of the configured world."""
+    if cfg.env.world == REWARD_COLLECTION:
+        return RewardWorldCopy(n_agents=n_agents, agent_id=rank, seed=cfg.run.seed, n_rewards=cfg.env.n_rewards,
+                               action_penalty=cfg.env.action_penalty, episode_length=cfg.env.episode_length)
+    return CoupledWorldCopy(make_coupled_env(cfg.env.world, n_agents, cfg.env.episode_length), agent_index=rank,
+                            seed=cfg.run.seed)
 
 
 def world_optimum(cfg: Any, n_agents: int) -> float:
-    """The best team return of the configured world (docs/architecture.md, "The optimum")."""
+    """The best team return of the configured world (docs/architecture.md, "The optimum"); NaN where unknown."""
+    if cfg.env.world != REWARD_COLLECTION:
+        return math.nan
     team, _ = optimal_team_return(n_agents, cfg.run.seed, cfg.env.n_rewards, cfg.env.action_penalty,
                                   cfg.env.episode_length)
     return team

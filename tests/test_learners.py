@@ -11,7 +11,7 @@ import torch
 from odmar_mpi.comm.consensus import ConsensusResult
 from odmar_mpi.config import load_config
 from odmar_mpi.learners import ALGORITHMS, learner_class
-from odmar_mpi.learners.base import LearnerContext, Transition
+from odmar_mpi.learners.base import MODES, LearnerContext, Transition
 from odmar_mpi.records import Records
 from odmar_mpi.streams import stream_seed
 from odmar_mpi.worlds import make_world
@@ -46,16 +46,17 @@ def feed(learner, world, steps: int, seed: int = 0) -> None:
     obs = world.reset()
     for _ in range(steps):
         action = rng.uniform(-1, 1, 2)
-        next_obs, reward, truncated = world.step(action)
-        learner.observe(Transition(obs, action, reward, next_obs, False, truncated))
+        next_obs, reward, terminated, truncated = world.step(action)
+        learner.observe(Transition(obs, action, reward, next_obs, terminated, truncated))
         obs = world.reset() if truncated else next_obs
 
 
 def test_every_registered_algorithm_builds_and_acts():
     for algorithm in ALGORITHMS:
         learner, world, _ = make_learner(algorithm)
-        action = learner.act(world.reset())
-        assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+        for mode in MODES:
+            action = learner.act(world.reset(), mode)
+            assert action.shape == (2,) and np.all(np.abs(action) <= 1)
 
 
 def test_a_posterior_that_cannot_be_formed_keeps_the_previous_one_and_is_recorded(capsys):
@@ -104,5 +105,5 @@ def test_state_round_trip_continues_identically(algorithm):
     for learner in (first, second):
         learner.update(12)
     obs = np.array([1.0, -2.0])
-    assert np.array_equal(first.act(obs), second.act(obs))  # same networks and the same policy noise stream
-    assert np.array_equal(first.act(obs, deterministic=True), second.act(obs, deterministic=True))
+    for mode in ("warmup", "explore", "evaluate"):  # same networks and the same random streams
+        assert np.array_equal(first.act(obs, mode), second.act(obs, mode))

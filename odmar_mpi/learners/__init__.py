@@ -13,6 +13,8 @@ _REGISTRY = {
     "sac": ("odmar_mpi.learners.sac", "SACLearner"),
 }
 ALGORITHMS = tuple(_REGISTRY)
+# The kind of action each algorithm's policy outputs: it must match the world's.
+DISCRETE_ACTIONS = {"odmar": False, "sac": False}
 
 
 def learner_class(algorithm: str) -> type:

@@ -4,8 +4,14 @@ A learner owns everything that learns on one rank (policies, models, buffers, th
 random streams) and nothing else: the node owns the world copy, the gossip and the telemetry, and
 calls the learner in the order of the loop (docs/architecture.md):
 
-    act -> (world steps) -> observe (once the step's reward is complete) -> model_step every
-    `model_every` steps -> update every step after warm-up -> evaluation hooks
+    act -> message/receive (neighbours) -> (world steps) -> observe (once the step's reward is
+    complete) -> model_step every `model_every` steps -> update every step after warm-up ->
+    evaluation hooks
+
+`mode` says who acts: "warmup" (uniformly random actions, which the learner draws and may record),
+"explore" (training), "evaluate" (deterministic episodes on the evaluation copy of the world) or
+"random" (the uniformly random baseline, evaluated like "evaluate"). A learner with recurrent state
+keeps one per copy of the world: "evaluate" and "random" never disturb training.
 
 A learner never imports MPI: whatever it averages with its neighbours goes through the
 `VectorGossip` handle it is given in `model_step`.
@@ -55,6 +61,10 @@ class LearnerContext:
     """clock(phase) times a block as one of the node's phases (odmar_mpi.telemetry.PHASES)."""
 
 
+MODES = ("warmup", "explore", "evaluate", "random")
+TRAINING_MODES = ("warmup", "explore")
+
+
 class Learner(ABC):
     """One rank's algorithm. Every method is called at the same step on every rank."""
 
@@ -64,9 +74,22 @@ class Learner(ABC):
     model_every: int = 0
     """Steps between `model_step` calls after warm-up; 0 = the learner has no model step."""
 
+    message_size: int = 0
+    """float64 values the learner sends each neighbour every step (0: it sends nothing)."""
+
     @abstractmethod
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """The action for `obs`: exploring (training) or deterministic (evaluation)."""
+    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        """The action for `obs` in `mode` (one of MODES)."""
+
+    def begin_episode(self, mode: str) -> None:
+        """The world copy of `mode` was reset: recurrent state starts over."""
+
+    def message(self, mode: str) -> np.ndarray:
+        """After `act`: this step's message to every neighbour, (message_size,) float64."""
+        raise NotImplementedError
+
+    def receive(self, mode: str, messages: list[np.ndarray]) -> None:
+        """The neighbours' messages of this step, in the order of this rank's neighbour list."""
 
     @abstractmethod
     def observe(self, transition: Transition) -> None:

@@ -42,11 +42,15 @@ class SACLearner(Learner):
         self.sac = build_sac(ctx.cfg, ctx.world, ctx.device, ctx.seed("policy"))
         self.real = ReplayBuffer(cfg.buffer_size, ctx.world.obs_dim, ctx.world.act_dim, ctx.device,
                                  seed=ctx.seed("replay"))
+        self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
+        self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
         self.stat_sums: dict[str, torch.Tensor] = {}
         self.stat_count = 0
 
-    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        return self.sac.act(obs, deterministic=deterministic)
+    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        if mode in ("warmup", "random"):
+            return self.ctx.world.sample_action(self.warmup_rng if mode == "warmup" else self.random_rng)
+        return self.sac.act(obs, deterministic=mode == "evaluate")
 
     def observe(self, transition: Transition) -> None:
         t = transition
@@ -73,10 +77,11 @@ class SACLearner(Learner):
 
     def state_dict(self) -> dict[str, Any]:
         return {"sac": self.sac.state_dict(), "real": self.real.state_dict(), "stat_sums": dict(self.stat_sums),
-                "stat_count": self.stat_count}
+                "stat_count": self.stat_count, "warmup_rng": self.warmup_rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sac.load_state_dict(state["sac"])
         self.real.load_state_dict(state["real"])
         self.stat_sums = {key: value.to(self.ctx.device) for key, value in state["stat_sums"].items()}
         self.stat_count = int(state["stat_count"])
+        self.warmup_rng.bit_generator.state = state["warmup_rng"]
