@@ -3,7 +3,8 @@
 Each section is a settings dataclass (see `odmar_mpi.settings`): every field declares its default,
 unit, allowed values and meaning once, and validation, `check --explain` and error messages all
 read that declaration. `run`, `env` and `comm` belong to the node; `model` (ODMAR's sparse-GP
-world model and imagination) and `sac` are declared by the model and policy packages. Defaults are
+world model and imagination) and `sac`, MAMBA's `world_model` and `ppo` (shared with IPPO) are
+declared by the model and policy packages, `mamba` (its schedule) by the learners. Defaults are
 the original research code's default setting (docs/architecture.md): ODMAR with beta 0.01, action
 penalty on, a cycle graph and 100 plain consensus rounds.
 """
@@ -23,8 +24,9 @@ from odmar_mpi.comm.topology import TOPOLOGIES, Graph, TopologyError, build_grap
 from odmar_mpi.comm.weights import ALGORITHMS as CONSENSUS_ALGORITHMS
 from odmar_mpi.comm.weights import WEIGHT_SCHEMES, mixing_matrix
 from odmar_mpi.learners import ALGORITHMS, DISCRETE_ACTIONS
-from odmar_mpi.model.settings import ModelConfig
-from odmar_mpi.policy.settings import SACConfig
+from odmar_mpi.learners.settings import MambaConfig
+from odmar_mpi.model.settings import ModelConfig, WorldModelConfig
+from odmar_mpi.policy.settings import PPOConfig, SACConfig
 from odmar_mpi.settings import (SettingError, check_settings, coerce, describe_settings, did_you_mean, setting,
                                 unknown_field_hint)
 from odmar_mpi.worlds import REWARD_COLLECTION, WORLD_NAMES, WORLD_PACKAGES
@@ -40,8 +42,10 @@ REWARD_SHARING = ("team", "local")
 class RunConfig:
     """The `[run]` settings: what to train, for how long, and how the run is kept."""
 
-    algorithm: str = setting("odmar", "'odmar' (model-based, optimistic imagination) or 'sac' (model-free "
-                                      "baseline, same node).", choices=ALGORITHMS)
+    algorithm: str = setting("odmar", "'odmar' (sparse-GP model, optimistic imagination) or its model-free baseline "
+                                      "'sac' (continuous actions); 'mamba' (learned world model with neighbour "
+                                      "communication) or its model-free baseline 'ippo' (discrete actions).",
+                             choices=ALGORITHMS)
     seed: int = setting(0, "Shared seed: world, inducing points, graph; each rank derives its own streams from "
                            "(seed, rank).", low=0)
     warmup_steps: int = setting(5000, "Uniform-random environment steps before learning starts, per agent.",
@@ -95,6 +99,9 @@ class CommConfig:
                          low=MIN_TOL, high=1, high_open=True, zero_disables=True)
     timeout_s: float = setting(120.0, "Seconds to wait for a neighbour before aborting with an error naming it.",
                                unit="s", low=0, low_open=True)
+    parameter_rounds: int = setting(1, "Learners that share weights (MAMBA, IPPO): rounds of x <- W x over the "
+                                       "neighbours after each training phase (decentralised SGD); 0 = no sharing.",
+                                    unit="rounds", low=0, high=MAX_ROUNDS)
     edges_file: str = setting("", "For topology = 'edges': a text file with one 'i j' edge per line.")
     radius: float = setting(0.5, "For topology = 'random-geometric': connection radius in the unit square.",
                             low=0, low_open=True)
@@ -114,6 +121,9 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sac: SACConfig = field(default_factory=SACConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    mamba: MambaConfig = field(default_factory=MambaConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
     @property
     def total_steps(self) -> int:

@@ -98,7 +98,7 @@ class Node:
             "config": to_toml(cfg), "version": __version__, "rank": self.rank, "agents": self.n_agents,
             "device": str(self.device)})
         self.learner = learner(LearnerContext(cfg=cfg, world=self.world, rank=self.rank, n_agents=self.n_agents,
-                                              device=self.device, seed=self.seed, records=self.telemetry.records,
+                                              graph=graph, device=self.device, seed=self.seed, records=self.telemetry.records,
                                               clock=self.telemetry.clock))
         self.messages = (NeighbourExchange(comm, graph.neighbours[self.rank], self.learner.message_size, timeout,
                                            name="neighbour messages") if self.learner.message_size else None)

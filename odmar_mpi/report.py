@@ -108,6 +108,8 @@ def _config_from_attrs(path: Path, attrs: dict[str, Any]) -> Config:
 def run_label(cfg: Config) -> str:
     """Legend label naming what differs between the paper's settings, e.g. 'odmar beta=0.01', 'sac'."""
     label = f"odmar beta={cfg.model.beta:g}" if cfg.uses_model else cfg.run.algorithm
+    if cfg.run.algorithm == "mamba" and cfg.mamba.communication != "neighbours":
+        label += f", communication: {cfg.mamba.communication}"
     if not cfg.env.action_penalty:
         label += ", no action penalty"
     if cfg.env.reward_sharing != "team":
@@ -158,17 +160,17 @@ def summarise(run: Run | Path) -> dict[str, Any]:
         "run": str(run.path),
         "label": run_label(run.config),
         "algorithm": run.config.run.algorithm,
-        "env": "reward-collection",
+        "env": run.config.env.world,
         "agents": len(run.ranks),
         "device": run.device,
         "steps": _last_step(run.ranks[0]),
         "planned_steps": run.config.total_steps,
-        "eval": [{"step": int(s), "team_return": float(r), "optimal_share": float(r) / optimum}
+        "eval": [{"step": int(s), "team_return": float(r), "optimal_share": _number(float(r) / optimum)}
                  for s, r in zip(steps, team)],
-        "optimal_team_return": optimum,
+        "optimal_team_return": _number(optimum),
         "random_team_return": float(random_eval[0]) if random_eval.size else None,
         "final_team_return": float(team[-1]) if team.size else None,
-        "final_optimal_share": float(team[-1]) / optimum if team.size else None,
+        "final_optimal_share": _number(float(team[-1]) / optimum) if team.size else None,
         "steps_to_share": {f"{share:g}": _first_step_at(steps, team, share * optimum) for share in SHARES},
         "best": None if best is None else {"step": int(steps[best]), "team_return": float(team[best])},
         "model_error": _model_error(run),
@@ -268,17 +270,22 @@ def format_table(summary: dict[str, Any]) -> str:
         shown = eval_rows_to_show(len(evals))
         note = "" if len(shown) == len(evals) else f" ({len(shown)} of {len(evals)} shown)"
         lines.append(f"team evaluation return (sum over agents, deterministic policy){note}:")
-        lines.append(f"  {'step':>9}  {'team return':>12}  {'of optimum':>10}")
-        lines += [f"  {evals[i]['step']:>9d}  {evals[i]['team_return']:>12.3f}  {evals[i]['optimal_share']:>10.1%}"
-                  for i in shown]
+        known = summary["optimal_team_return"] is not None
+        lines.append(f"  {'step':>9}  {'team return':>12}" + (f"  {'of optimum':>10}" if known else ""))
+        lines += [f"  {evals[i]['step']:>9d}  {evals[i]['team_return']:>12.3f}"
+                  + (f"  {evals[i]['optimal_share']:>10.1%}" if known else "") for i in shown]
         best = summary["best"]
         lines.append(f"final team return {summary['final_team_return']:.3f} at step {evals[-1]['step']}; "
                      f"best {best['team_return']:.3f} at step {best['step']}")
         random_return = summary["random_team_return"]
-        lines.append(f"The team collects {summary['final_optimal_share']:.1%} of the best possible return "
-                     f"({summary['optimal_team_return']:.1f}, every agent going straight to its best site)"
-                     + ("" if random_return is None else f"; agents acting at random collect {random_return:.1f}")
-                     + ".")
+        at_random = "" if random_return is None else f"agents acting at random collect {random_return:.1f}"
+        if known:
+            lines.append(f"The team collects {summary['final_optimal_share']:.1%} of the best possible return "
+                         f"({summary['optimal_team_return']:.1f}, every agent going straight to its best site)"
+                         + (f"; {at_random}" if at_random else "") + ".")
+        elif at_random:
+            lines.append(f"The team's final return is {summary['final_team_return']:.1f}; {at_random} (this world's "
+                         "optimum is not known).")
     else:
         lines.append("no evaluations recorded yet (the first runs when warm-up ends).")
     model = summary["model_error"]

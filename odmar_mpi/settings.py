@@ -142,12 +142,16 @@ def check_value(key: str, value: Any, spec: Spec) -> None:
 
 
 def check_settings(obj: Any, prefix: str = "") -> None:
-    """Validate every field of a settings dataclass instance against its declaration."""
+    """Validate every field of a settings dataclass instance against its declaration, then the rules that
+    tie fields together (a `check_rules(prefix)` method, where the class has one)."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         key = f"{prefix}{f.name}"
         value = coerce(key, getattr(obj, f.name), hints[f.name])
         check_value(key, value, f.metadata["spec"])
+    rules = getattr(obj, "check_rules", None)
+    if rules is not None:
+        rules(prefix)
 
 
 def describe_settings(cls: type, section: str) -> list[str]:

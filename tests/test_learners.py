@@ -35,7 +35,7 @@ def make_learner(algorithm: str, overrides: list[str] = ()):
     world = make_world(cfg, rank=0, n_agents=1)
     cls = learner_class(algorithm)
     records = Records(cls.tables)
-    ctx = LearnerContext(cfg=cfg, world=world, rank=0, n_agents=1, device=torch.device("cpu"),
+    ctx = LearnerContext(cfg=cfg, world=world, rank=0, n_agents=1, graph=cfg.comm.graph(1, 0), device=torch.device("cpu"),
                          seed=lambda stream: stream_seed(cfg.run.seed, 0, stream), records=records,
                          clock=lambda phase: nullcontext())
     return cls(ctx), world, records

@@ -202,21 +202,32 @@ class Consensus:
 class VectorGossip:
     """The handle a learner gossips through: consensus over whatever flat buffers it hands in.
 
-    One `Consensus` per buffer size, built on first use. Collective: every rank asks for the same
-    sizes in the same order (learners call it at the same step on every rank, by construction).
+    One `Consensus` per (buffer size, kind), built on first use. Collective: every rank asks for the
+    same sizes in the same order (learners call it at the same step on every rank, by construction).
     """
 
     def __init__(self, comm: MPI.Comm, graph: Graph, weights: np.ndarray, *, algorithm: str,
                  rounds: int | None, tol: float | None, timeout_s: float) -> None:
         self.comm, self.graph, self.weights = comm, graph, weights
         self.settings = dict(algorithm=algorithm, rounds=rounds, tol=tol, timeout_s=timeout_s)
+        self.timeout_s = timeout_s
         self.n = graph.n
         self.pool: dict[int, Consensus] = {}
+        self.mixers: dict[tuple[int, int], Consensus] = {}
 
     def consensus(self, size: int) -> Consensus:
         if size not in self.pool:
             self.pool[size] = Consensus(self.comm, self.graph, self.weights, size=size, **self.settings)
         return self.pool[size]
+
+    def mix(self, x: np.ndarray, rounds: int = 1) -> np.ndarray:
+        """`rounds` rounds of x <- W x with this rank's neighbours (the averaging step of decentralised SGD,
+        D-PSGD): a new array, this rank's row of W^rounds applied to every rank's x."""
+        key = (x.size, rounds)
+        if key not in self.mixers:
+            self.mixers[key] = Consensus(self.comm, self.graph, self.weights, "plain", rounds=rounds,
+                                         timeout_s=self.timeout_s, size=x.size)
+        return self.mixers[key].average(x).value
 
     def average(self, x: np.ndarray, **kw) -> ConsensusResult:
         """This rank's estimate of the average over ranks of x (see Consensus.average)."""
@@ -227,5 +238,5 @@ class VectorGossip:
         return self.consensus(x.size).sum(x, **kw)
 
     def free(self) -> None:
-        for consensus in self.pool.values():
+        for consensus in (*self.pool.values(), *self.mixers.values()):
             consensus.free()

@@ -11,10 +11,12 @@ import importlib
 _REGISTRY = {
     "odmar": ("odmar_mpi.learners.odmar", "ODMARLearner"),
     "sac": ("odmar_mpi.learners.sac", "SACLearner"),
+    "mamba": ("odmar_mpi.learners.mamba", "MAMBALearner"),
+    "ippo": ("odmar_mpi.learners.ippo", "IPPOLearner"),
 }
 ALGORITHMS = tuple(_REGISTRY)
 # The kind of action each algorithm's policy outputs: it must match the world's.
-DISCRETE_ACTIONS = {"odmar": False, "sac": False}
+DISCRETE_ACTIONS = {"odmar": False, "sac": False, "mamba": True, "ippo": True}
 
 
 def learner_class(algorithm: str) -> type:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
+from odmar_mpi.comm.topology import Graph
 from odmar_mpi.records import Records, Tables
 
 
@@ -52,6 +53,8 @@ class LearnerContext:
     """This rank's world copy: spaces, bounds and the reward function imagination may use."""
     rank: int
     n_agents: int
+    graph: Graph
+    """The communication graph (every rank's neighbour lists: a learner may need its neighbourhood's shape)."""
     device: torch.device
     seed: Callable[[str], int]
     """seed(stream name) -> the rank's seed of that named stream (odmar_mpi.streams)."""

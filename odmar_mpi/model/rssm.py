@@ -1,4 +1,4 @@
-"""MAMBA's world model for one agent (one rank), its agents talking to graph neighbours only (DESIGN.md section 9).
+"""MAMBA's world model for one agent (one rank), its agents talking to graph neighbours only (docs/architecture.md, "MAMBA").
 
 MAMBA (Egorov & Shpilman 2022; jbr-ai-labs/mamba) is a Dreamer-style RSSM per agent whose transition mixes
 the agents: each agent's token ReLU(Linear([a_{t-1}, z_{t-1}])) plus a sinusoid of its agent index goes
@@ -36,82 +36,15 @@ parameters are initialised from a seed inside a forked global RNG, which is left
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from odmar_mpi.model.settings import WorldModelConfig
+
 Tensor = torch.Tensor
-
-
-@dataclass
-class WorldModelConfig:
-    """Sizes and optimiser of the world model; defaults are MAMBA's SMAC configuration unless stated."""
-
-    deterministic: int = 256
-    """GRU state h, units (MAMBA DETERMINISTIC); >= 1."""
-    n_categoricals: int = 32
-    """C, categorical variables in the stochastic state z (MAMBA N_CATEGORICALS); >= 1."""
-    n_classes: int = 32
-    """K, classes of each categorical (MAMBA N_CLASSES); >= 2."""
-    hidden: int = 256
-    """width of the encoder, decoder and posterior layers, units (MAMBA HIDDEN); >= 1."""
-    embed: int = 256
-    """observation embedding, units (MAMBA EMBED); >= 1."""
-    model_hidden: int = 256
-    """width of the tokens, attention, its feed-forward layer, the GRU input and the prior layer, units
-    (MAMBA MODEL_HIDDEN); a multiple of comm_heads."""
-    comm_layers: int = 1
-    """attention layers of the communication block; >= 1 (MAMBA: 3 over all agents; 1 is exact with one
-    neighbour message per step)."""
-    comm_heads: int = 8
-    """attention heads (MAMBA: 8); >= 1."""
-    comm_dropout: float = 0.1
-    """dropout of the communication block while the model trains (MAMBA: 0.1); in [0, 1)."""
-    position_encoding: bool = True
-    """add a sinusoid of the global agent index to each token (MAMBA does, by position on the agent axis)."""
-    head_hidden: int = 256
-    """width of the reward, discount, available-actions and action-prediction heads, units (MAMBA
-    REWARD_HIDDEN = PCONT_HIDDEN); >= 1."""
-    head_layers: int = 2
-    """hidden layers of the reward, discount and available-actions heads (MAMBA REWARD_LAYERS = PCONT_LAYERS); >= 1."""
-    kl_balance: float = 0.2
-    """weight of KL(posterior || sg(prior)); the prior term gets 1 - kl_balance (MAMBA: 0.2); in [0, 1]."""
-    horizon: int = 15
-    """imagined transitions per start state (MAMBA HORIZON = 15 counts states, so it trains on 14); >= 1."""
-    lr: float = 2e-4
-    """Adam learning rate (MAMBA MODEL_LR); > 0."""
-    grad_clip: float = 100.0
-    """global gradient-norm clip before each Adam step (MAMBA GRAD_CLIP); > 0."""
-
-    def __post_init__(self) -> None:
-        for name in ("deterministic", "n_categoricals", "hidden", "embed", "model_hidden", "comm_layers",
-                     "comm_heads", "head_hidden", "head_layers", "horizon"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"world_model.{name} = {getattr(self, name)}: must be >= 1")
-        if self.n_classes < 2:
-            raise ValueError(f"world_model.n_classes = {self.n_classes}: must be >= 2")
-        if self.model_hidden % self.comm_heads:
-            raise ValueError(f"world_model.model_hidden = {self.model_hidden} is not a multiple of comm_heads = "
-                             f"{self.comm_heads}: attention splits the width evenly between heads")
-        if not 0.0 <= self.comm_dropout < 1.0:
-            raise ValueError(f"world_model.comm_dropout = {self.comm_dropout}: must be in [0, 1)")
-        if not 0.0 <= self.kl_balance <= 1.0:
-            raise ValueError(f"world_model.kl_balance = {self.kl_balance}: must be in [0, 1]")
-        if self.lr <= 0 or self.grad_clip <= 0:
-            raise ValueError(f"world_model.lr = {self.lr} and grad_clip = {self.grad_clip}: must be > 0")
-
-    @property
-    def stochastic(self) -> int:
-        """Size of the flattened one-hot z, C * K."""
-        return self.n_categoricals * self.n_classes
-
-    @property
-    def features(self) -> int:
-        """Size of the features [z, h] that heads and the actor read."""
-        return self.stochastic + self.deterministic
 
 
 class RSSMState(NamedTuple):

@@ -15,71 +15,15 @@ error / 2), gradient norms clipped before each Adam step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from odmar_mpi.policy.settings import PPOConfig
+
 Tensor = torch.Tensor
-
-
-@dataclass
-class PPOConfig:
-    """Actor-critic sizes and PPO settings; defaults are MAMBA's SMAC configuration unless stated."""
-
-    actor_hidden: int = 256
-    """actor layer width, units (MAMBA ACTION_HIDDEN); >= 1."""
-    actor_layers: int = 2
-    """actor hidden layers (MAMBA ACTION_LAYERS); >= 1."""
-    critic_hidden: int = 256
-    """critic embedding, attention and head width, units (MAMBA HIDDEN); a multiple of critic_heads."""
-    critic_heads: int = 8
-    """attention heads of the critic (MAMBA: 8); >= 1."""
-    actor_lr: float = 5e-4
-    """actor Adam learning rate (MAMBA ACTOR_LR); > 0."""
-    actor_weight_decay: float = 1e-5
-    """actor Adam weight decay (MAMBA: 1e-5); >= 0."""
-    critic_lr: float = 5e-4
-    """critic Adam learning rate (MAMBA VALUE_LR); > 0."""
-    gamma: float = 0.99
-    """discount per step (MAMBA GAMMA); in (0, 1]."""
-    lam: float = 0.95
-    """lambda of the lambda-returns (MAMBA DISCOUNT_LAMBDA); in [0, 1]."""
-    clip: float = 0.2
-    """PPO ratio clip epsilon (MAMBA: 0.2); > 0."""
-    epochs: int = 5
-    """passes over the batch per update (MAMBA PPO_EPOCHS); >= 1."""
-    minibatch_size: int = 2000
-    """samples per actor/critic step (MAMBA: 2000 rows, each holding every agent); >= 1."""
-    entropy_coef: float = 1e-3
-    """initial weight of the entropy bonus (MAMBA ENTROPY); >= 0."""
-    entropy_decay: float = 0.99998
-    """factor on the entropy weight after every actor step (MAMBA ENTROPY_ANNEALING); in (0, 1]."""
-    normalise_advantages: bool = True
-    """standardise advantages over each batch (MAMBA does on SMAC, not on Flatland)."""
-    advantage_eps: float = 1e-4
-    """added to the advantages' standard deviation before dividing (MAMBA: 1e-4); > 0."""
-    grad_clip: float = 100.0
-    """gradient-norm clip of actor and critic steps (MAMBA GRAD_CLIP_POLICY); > 0."""
-
-    def __post_init__(self) -> None:
-        for name in ("actor_hidden", "actor_layers", "critic_hidden", "critic_heads", "epochs", "minibatch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ppo.{name} = {getattr(self, name)}: must be >= 1")
-        if self.critic_hidden % self.critic_heads:
-            raise ValueError(f"ppo.critic_hidden = {self.critic_hidden} is not a multiple of critic_heads = "
-                             f"{self.critic_heads}: attention splits the width evenly between heads")
-        if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0 and 0.0 < self.entropy_decay <= 1.0):
-            raise ValueError(f"ppo.gamma = {self.gamma} must be in (0, 1], lam = {self.lam} in [0, 1] and "
-                             f"entropy_decay = {self.entropy_decay} in (0, 1]")
-        for name in ("actor_lr", "critic_lr", "clip", "advantage_eps", "grad_clip"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"ppo.{name} = {getattr(self, name)}: must be > 0")
-        if self.entropy_coef < 0 or self.actor_weight_decay < 0:
-            raise ValueError(f"ppo.entropy_coef = {self.entropy_coef} and actor_weight_decay = "
-                             f"{self.actor_weight_decay}: must be >= 0")
 
 
 def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Sequential:

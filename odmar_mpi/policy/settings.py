@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from odmar_mpi.settings import check_settings, setting
+from odmar_mpi.settings import SettingError, check_settings, setting
 
 
 @dataclass
@@ -29,3 +29,44 @@ class SACConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, "sac.")
+
+
+@dataclass
+class PPOConfig:
+    """The `[ppo]` settings: one agent's actor-critic and its PPO update, shared by MAMBA (on imagined data) and
+    IPPO (on real data); defaults are MAMBA's SMAC configuration unless stated."""
+
+    actor_hidden: int = setting(256, "Actor layer width (MAMBA ACTION_HIDDEN).", unit="units", low=1)
+    actor_layers: int = setting(2, "Actor hidden layers (MAMBA ACTION_LAYERS).", low=1)
+    critic_hidden: int = setting(256, "Critic embedding, attention and head width (MAMBA HIDDEN); a multiple of "
+                                      "critic_heads.", unit="units", low=1)
+    critic_heads: int = setting(8, "Attention heads of the critic (MAMBA: 8).", low=1)
+    actor_lr: float = setting(5e-4, "Actor Adam learning rate (MAMBA ACTOR_LR).", low=0, low_open=True,
+                              aliases=("lr", "learning_rate"))
+    actor_weight_decay: float = setting(1e-5, "Actor Adam weight decay (MAMBA: 1e-5).", low=0)
+    critic_lr: float = setting(5e-4, "Critic Adam learning rate (MAMBA VALUE_LR).", low=0, low_open=True)
+    gamma: float = setting(0.99, "Discount per step (MAMBA GAMMA).", low=0, high=1, low_open=True)
+    lam: float = setting(0.95, "Lambda of the lambda-returns (MAMBA DISCOUNT_LAMBDA).", low=0, high=1,
+                         aliases=("lambda", "gae_lambda"))
+    clip: float = setting(0.2, "PPO ratio clip epsilon (MAMBA: 0.2).", low=0, low_open=True)
+    epochs: int = setting(5, "Passes over the batch per update (MAMBA PPO_EPOCHS).", low=1)
+    minibatch_size: int = setting(2000, "Samples per actor/critic step (MAMBA: 2000 rows of all agents; ours are "
+                                        "one agent's).", low=1)
+    entropy_coef: float = setting(1e-3, "Initial weight of the entropy bonus (MAMBA ENTROPY).", low=0)
+    entropy_decay: float = setting(0.99998, "Factor on the entropy weight after every actor step (MAMBA "
+                                            "ENTROPY_ANNEALING).", low=0, high=1, low_open=True)
+    normalise_advantages: bool = setting(True, "Standardise advantages over each batch (MAMBA does on SMAC).")
+    advantage_eps: float = setting(1e-4, "Added to the advantages' standard deviation before dividing (MAMBA: "
+                                         "1e-4).", low=0, low_open=True)
+    grad_clip: float = setting(100.0, "Gradient-norm clip of actor and critic steps, before Adam (MAMBA "
+                                      "GRAD_CLIP_POLICY).", low=0, low_open=True)
+    rollout_steps: int = setting(500, "IPPO only: real steps collected per PPO update (on-policy).", unit="steps",
+                                 low=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "ppo.")
+
+    def check_rules(self, prefix: str) -> None:
+        if self.critic_hidden % self.critic_heads:
+            raise SettingError(f"{prefix}critic_hidden = {self.critic_hidden} is not a multiple of {prefix}critic_heads = "
+                               f"{self.critic_heads}: attention splits the width evenly between heads.")

@@ -1,0 +1,91 @@
+"""IPPO: MAMBA's actor and critic trained with PPO on real data only (the baseline that isolates the world model).
+
+The actor and critic read the agent's own observation (the critic attends over itself only: without a
+world model there are no neighbour features to attend to). Every `ppo.rollout_steps` steps the
+transitions gathered since the last update form one on-policy batch; the weights are then averaged with
+the neighbours exactly as MAMBA's are (`comm.parameter_rounds`), so the two differ only in the model.
+Episode ends (termination or the time limit) stop the lambda-returns: a 25-step simple_spread episode
+always ends by truncation, which is then treated as an end, as common PPO implementations for MPE do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from odmar_mpi.comm.consensus import VectorGossip
+from odmar_mpi.learners.base import Learner, LearnerContext, Transition
+from odmar_mpi.policy.ppo import PPO
+from odmar_mpi.streams import shared_seed
+
+PPO_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "entropy_coef", "returns_mean")
+
+
+class IPPOLearner(Learner):
+    """PPO on the agent's own real transitions, weights averaged with the neighbours after each update."""
+
+    tables = {"ppo": ("step", *PPO_STATS, "samples", "parameter_bytes")}
+
+    def __init__(self, ctx: LearnerContext) -> None:
+        self.ctx = ctx
+        cfg, world = ctx.cfg, ctx.world
+        self.model_every = cfg.ppo.rollout_steps
+        self.ppo = PPO(world.obs_dim, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"))
+        self.generator = torch.Generator().manual_seed(ctx.seed("policy"))
+        self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
+        self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
+        self.rollout: list[Transition] = []
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        if mode in ("warmup", "random"):
+            return np.asarray((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
+        x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
+        if mode == "explore":
+            return np.asarray(int(self.ppo.actor.sample(x, self.generator)[0]))
+        return np.asarray(int(self.ppo.actor(x)[0].argmax()))
+
+    def observe(self, transition: Transition) -> None:
+        self.rollout.append(transition)
+
+    def update(self, step: int) -> None:
+        """IPPO updates in `model_step`, once a rollout is gathered."""
+
+    def model_step(self, step: int, gossip: VectorGossip) -> None:
+        """One PPO update on the rollout gathered since the last one, then the weights' averaging step."""
+        if not self.rollout:
+            return
+        rollout, self.rollout = self.rollout, []
+        obs = [t.obs for t in rollout] + [rollout[-1].next_obs]
+        features = torch.as_tensor(np.stack(obs), dtype=torch.float32)[:, None, None, :]  # (H + 1, B=1, M=1, F)
+        ends = torch.tensor([t.terminated or t.truncated for t in rollout], dtype=torch.float32)
+        with self.ctx.clock("updates"):
+            batch = self.ppo.make_batch(features, torch.ones(1, 1, dtype=torch.bool),
+                                        torch.tensor([[int(t.action)] for t in rollout]),
+                                        torch.tensor([[t.reward] for t in rollout], dtype=torch.float32),
+                                        (1.0 - ends).unsqueeze(-1))
+            stats = self.ppo.update(batch, self.generator)
+        rounds = self.ctx.cfg.comm.parameter_rounds
+        parameters = [*self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
+        vector = torch.nn.utils.parameters_to_vector(parameters).detach().double().numpy()
+        if rounds:
+            with self.ctx.clock("gossip"):
+                mixed = gossip.mix(vector, rounds)
+            torch.nn.utils.vector_to_parameters(torch.as_tensor(mixed, dtype=torch.float32), parameters)
+        self.ctx.records.append("ppo", step=step, **{key: stats[key] for key in PPO_STATS}, samples=len(rollout),
+                                parameter_bytes=8 * vector.size * rounds)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ppo": self.ppo.state_dict(), "generator": self.generator.get_state(),
+                "warmup_rng": self.warmup_rng.bit_generator.state,
+                "rollout": [[t.obs, t.action, t.next_obs, [t.reward, float(t.terminated), float(t.truncated)]]
+                            for t in self.rollout]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ppo.load_state_dict(state["ppo"])
+        self.generator.set_state(state["generator"])
+        self.warmup_rng.bit_generator.state = state["warmup_rng"]
+        self.rollout = [Transition(np.asarray(obs), np.asarray(action), float(flags[0]), np.asarray(next_obs),
+                                   bool(flags[1]), bool(flags[2])) for obs, action, next_obs, flags in state["rollout"]]

@@ -1,0 +1,212 @@
+"""MAMBA, one rank per agent (docs/architecture.md, "MAMBA").
+
+Each rank holds its own world model (an RSSM whose transition attends over the agent's own token and
+its graph neighbours' tokens), its own actor-critic and its own replay of sequences. Every step, after
+choosing its action, the rank sends each neighbour one message: its action, the class indices of its
+stochastic latent z and its deterministic state h. The tokens of the next step's transition are built
+from these messages, so with one communication layer the rank's h_t is exactly what an all-agent
+model restricted to the graph computes (on a complete graph: MAMBA's own attention).
+
+Every `mamba.train_every` steps: `model_updates` world-model steps on replayed sequences, then
+`policy_updates` rounds of imagining the rank's neighbourhood forward from replayed posterior states
+and training the actor-critic with PPO on the imagined trajectory (own predicted reward), then the
+shared weights (world model, actor, critic) are averaged with the neighbours (`comm.parameter_rounds`
+rounds of x <- W x: decentralised SGD instead of MAMBA's single shared copy).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from odmar_mpi.comm.consensus import VectorGossip
+from odmar_mpi.learners.base import TRAINING_MODES, Learner, LearnerContext, Transition
+from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, features, local_graph
+from odmar_mpi.policy.ppo import PPO
+from odmar_mpi.policy.sequences import SequenceBuffer
+from odmar_mpi.streams import shared_seed
+
+
+@dataclass
+class ActingCopy:
+    """The recurrent state of one copy of the world the agent acts in (training, or evaluation)."""
+
+    state: RSSMState  # posterior state after the last observation, (1, .)
+    action: int  # the last action taken (-1: none yet)
+    messages: NeighbourMessages  # what the neighbours sent at the last step, (1, N, .)
+    first: bool  # the next observation starts an episode
+
+
+class MAMBALearner(Learner):
+    """World model + actor-critic in imagination, neighbour messages every step, averaged weights."""
+
+    tables = {
+        # one row per training phase: world-model loss terms, PPO statistics, imagined vs real reward per step,
+        # parameter disagreement ||theta_i - mean|| / ||mean|| after the averaging, bytes sent per neighbour
+        "mamba": ("step", "reconstruction", "reward_loss", "discount_loss", "kl", "action_prediction", "model_loss",
+                  "policy_loss", "value_loss", "entropy", "imagined_reward", "real_reward", "disagreement",
+                  "parameter_bytes", "message_bytes_per_step"),
+    }
+
+    def __init__(self, ctx: LearnerContext) -> None:
+        self.ctx = ctx
+        cfg, world = ctx.cfg, ctx.world
+        self.settings, self.model_config = cfg.mamba, cfg.world_model
+        self.model_every = cfg.mamba.train_every
+        neighbours = ctx.graph.neighbours[ctx.rank] if cfg.mamba.communication == "neighbours" else ()
+        self.slots = len(neighbours)
+        self.graph = local_graph(ctx.rank, list(neighbours), ctx.graph.neighbours)
+        # Every rank starts from the same weights (they are averaged later, as if shared).
+        self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions, shared_seed(cfg.run.seed, "model"))
+        self.model_optimizer = self.model.make_optimizer()
+        self.ppo = PPO(self.model_config.features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"))
+        self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
+                                     self.model_config.deterministic, seed=ctx.seed("replay"))
+        self.generator = torch.Generator().manual_seed(ctx.seed("policy"))
+        self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
+        self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
+        self.message_size = (1 + self.model_config.n_categoricals + self.model_config.deterministic) if self.slots else 0
+        self.copies = {"train": self.fresh_copy(), "eval": self.fresh_copy()}
+        # Per training step, until its transition arrives: (is_first, neighbours' messages of that step).
+        self.pending: deque[tuple[bool, NeighbourMessages]] = deque()
+
+    # ------------------------------------------------------------------ acting
+
+    def fresh_copy(self) -> ActingCopy:
+        return ActingCopy(self.model.rssm.initial((1,)), -1, self.no_messages(), True)
+
+    def no_messages(self) -> NeighbourMessages:
+        c, h = self.model_config.n_categoricals, self.model_config.deterministic
+        return NeighbourMessages(torch.full((1, self.slots), -1), torch.full((1, self.slots, c), -1),
+                                 torch.zeros(1, self.slots, h), torch.zeros(1, self.slots, dtype=torch.bool))
+
+    @staticmethod
+    def copy_of(mode: str) -> str:
+        return "train" if mode in TRAINING_MODES else "eval"
+
+    def begin_episode(self, mode: str) -> None:
+        copy = self.copies[self.copy_of(mode)]
+        copy.first = True
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        """Filter the observation into the posterior state (with last step's own action and messages), then
+        act: uniformly at random (warmup, random), by sampling the actor (explore) or by its argmax (evaluate)."""
+        copy = self.copies[self.copy_of(mode)]
+        embed = self.model.encoder(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
+        state, _, _ = self.model.rssm.observe_step(copy.state, torch.tensor([copy.action]), copy.messages, embed,
+                                                   torch.tensor([copy.first]), self.graph, self.generator)
+        if mode in ("warmup", "random"):
+            action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
+        elif mode == "explore":
+            action = int(self.ppo.actor.sample(features(state), self.generator)[0])
+        else:
+            action = int(self.ppo.actor(features(state))[0].argmax())
+        if copy is self.copies["train"]:
+            self.pending.append((copy.first, self.no_messages()))
+        copy.state, copy.action, copy.first = state, action, False
+        return np.asarray(action)
+
+    def message(self, mode: str) -> np.ndarray:
+        """[action, C latent class indices, h] of this step (float64; the integers are exact)."""
+        copy = self.copies[self.copy_of(mode)]
+        latent = self.model.rssm.latent_indices(copy.state.z)[0]
+        return np.concatenate([[copy.action], latent.numpy(), copy.state.h[0].numpy()]).astype(np.float64)
+
+    def receive(self, mode: str, messages: list[np.ndarray]) -> None:
+        c = self.model_config.n_categoricals
+        rows = torch.as_tensor(np.stack(messages))
+        received = NeighbourMessages(rows[:, 0].long().unsqueeze(0), rows[:, 1:1 + c].long().unsqueeze(0),
+                                     rows[:, 1 + c:].float().unsqueeze(0), torch.ones(1, self.slots, dtype=torch.bool))
+        copy = self.copies[self.copy_of(mode)]
+        copy.messages = received
+        if copy is self.copies["train"]:
+            self.pending[-1] = (self.pending[-1][0], received)
+
+    # ------------------------------------------------------------------ learning
+
+    def observe(self, transition: Transition) -> None:
+        is_first, messages = self.pending.popleft()
+        self.buffer.add(transition.obs, int(transition.action), transition.reward, transition.terminated, is_first,
+                        messages.action[0], messages.latent[0], messages.h[0], messages.valid[0])
+
+    def update(self, step: int) -> None:
+        """MAMBA trains in phases (`model_step`), not every step."""
+
+    def model_step(self, step: int, gossip: VectorGossip) -> None:
+        """Train the world model, then the actor-critic in imagination, then average the weights with the neighbours."""
+        cfg = self.settings
+        if len(self.buffer) < cfg.sequence_length:
+            return
+        clock = self.ctx.clock
+        with clock("model"):
+            for _ in range(cfg.model_updates):
+                batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
+                model_stats = self.model.update(batch, self.model_optimizer, self.graph, self.generator)
+        with clock("imagination"):
+            for _ in range(cfg.policy_updates):
+                batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
+                imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
+                                              self.generator)
+                ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0],
+                                                imagined.rewards, imagined.continues)
+                ppo_stats = self.ppo.update(ppo_batch, self.generator)
+        with clock("gossip"):
+            disagreement, parameter_bytes = self.average_weights(gossip)
+        self.ctx.records.append(
+            "mamba", step=step, reconstruction=model_stats["reconstruction"], reward_loss=model_stats["reward"],
+            discount_loss=model_stats["discount"], kl=model_stats["kl"],
+            action_prediction=model_stats["action_prediction"], model_loss=model_stats["total"],
+            policy_loss=ppo_stats["policy_loss"], value_loss=ppo_stats["value_loss"], entropy=ppo_stats["entropy"],
+            imagined_reward=float(imagined.rewards.mean()), real_reward=float(batch.reward.mean()),
+            disagreement=disagreement, parameter_bytes=parameter_bytes,
+            message_bytes_per_step=8 * self.message_size * self.slots)
+
+    def shared_parameters(self) -> list[torch.nn.Parameter]:
+        return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
+
+    def average_weights(self, gossip: VectorGossip) -> tuple[float, float]:
+        """D-PSGD's averaging step over the shared weights; returns (relative distance of this rank's weights
+        from the ranks' exact mean after it, bytes this rank sent to each neighbour)."""
+        rounds = self.ctx.cfg.comm.parameter_rounds
+        parameters = self.shared_parameters()
+        vector = parameters_to_vector(parameters).detach().double().numpy()
+        if rounds:
+            vector = gossip.mix(vector, rounds)
+            vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), parameters)
+        mean = gossip.average(vector).value  # exact with comm.algorithm = "finite-time": the disagreement metric
+        distance = float(np.linalg.norm(vector - mean) / max(np.linalg.norm(mean), 1e-30))
+        return distance, float(8 * vector.size * rounds)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "model_optimizer": self.model_optimizer.state_dict(),
+            "ppo": self.ppo.state_dict(), "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(), "warmup_rng": self.warmup_rng.bit_generator.state,
+            "copies": {name: _copy_state(copy) for name, copy in self.copies.items()},
+            "pending": [[first, *messages] for first, messages in self.pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.model_optimizer.load_state_dict(state["model_optimizer"])
+        self.ppo.load_state_dict(state["ppo"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        self.warmup_rng.bit_generator.state = state["warmup_rng"]
+        self.copies = {name: ActingCopy(RSSMState(saved["h"], saved["z"]), int(saved["action"]),
+                                        NeighbourMessages(*saved["messages"]), bool(saved["first"]))
+                       for name, saved in state["copies"].items()}
+        self.pending = deque((bool(item[0]), NeighbourMessages(*item[1:])) for item in state["pending"])
+
+
+def _copy_state(copy: ActingCopy) -> dict[str, Any]:
+    return {"h": copy.state.h.clone(), "z": copy.state.z.clone(), "action": copy.action,
+            "messages": [tensor.clone() for tensor in copy.messages], "first": copy.first}

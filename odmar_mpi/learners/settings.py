@@ -1,0 +1,31 @@
+"""Settings of the learners' own schedules, declared once (torch-free, so configuration can import them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from odmar_mpi.settings import check_settings, setting
+
+COMMUNICATION = ("neighbours", "self")
+
+
+@dataclass
+class MambaConfig:
+    """The `[mamba]` settings: when and how much MAMBA trains (its world model: `[world_model]`; its
+    actor-critic: `[ppo]`); defaults follow MAMBA's SMAC configuration unless stated."""
+
+    train_every: int = setting(25, "Environment steps between training phases (MAMBA trains after every episode; "
+                                   "25 = one simple_spread episode).", unit="steps", low=1)
+    model_updates: int = setting(1, "World-model gradient steps per training phase.", low=1)
+    policy_updates: int = setting(1, "Imagination + PPO updates per training phase.", low=1)
+    batch_size: int = setting(40, "Replayed sequences per model update and per imagination (MAMBA "
+                                  "MODEL_BATCH_SIZE).", unit="sequences", low=1)
+    sequence_length: int = setting(20, "Steps per replayed sequence (MAMBA SEQ_LENGTH).", unit="steps", low=1)
+    buffer_size: int = setting(100_000, "Replay capacity in steps (preallocated; MAMBA: 250000-500000; about 4.5 KB "
+                                        "per step at MAMBA's sizes with 4 neighbours).", unit="steps", low=1)
+    communication: str = setting("neighbours", "What the communication block attends over: 'neighbours' (self and "
+                                               "graph neighbours) or 'self' (the ablation without communication).",
+                                 choices=COMMUNICATION)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "mamba.")
