@@ -1,4 +1,4 @@
-"""Coupled worlds: one rank's own copy of a world in which all agents step jointly (DESIGN.md section 9).
+"""Coupled worlds: one rank's own copy of a world in which all agents step jointly (docs/architecture.md, "MAMBA").
 
 MPE, SMAC and Flatland step all agents at once, so no rank can step "its" agent alone. Every rank
 therefore holds a full copy of the world: every copy is built with the same seed, every copy is reset
@@ -107,6 +107,10 @@ class CoupledWorld:
         return self._observations[self.agent].copy()
 
     def step(self, joint_actions: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """`step_joint`: the world steps with everyone's actions."""
+        return self.step_joint(joint_actions)
+
+    def step_joint(self, joint_actions: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         """Step all agents still in the world with `joint_actions` (n_agents,) of action indices (or
         (n_agents, *action_shape) for Box actions); returns the own (observation, reward, terminated,
         truncated). Once the own agent has left the world its last observation and a zero reward come back."""
@@ -156,4 +160,4 @@ class CoupledWorld:
             return
         self.reset()
         for joint_actions in np.asarray(state["actions"]):
-            self.step(joint_actions)
+            self.step_joint(joint_actions)

@@ -60,6 +60,9 @@ HOLDOUT_ROWS = 1000  # held-out transitions of the model's error measurement
 WRITE_BUFFERS = 1_000_000  # HDF5 and file-driver buffers while writing a checkpoint (measured: 0.7 MB)
 GLIBC_MMAP_MAX = 32 << 20  # glibc's largest dynamic mmap threshold: bigger blocks always go back to the system
 OBS_DIM, ACT_DIM = 2, 2  # the reward-collection world (env.OBS_DIM, env.ACT_DIM; tests check they agree)
+# Observation sizes of the coupled worlds by agent count (simple_spread: own velocity and position, every
+# landmark's and every other agent's relative position, the others' communication).
+COUPLED_OBS_DIM = {"simple_spread": lambda n: 6 * n}
 
 # Measured with benchmarks/memory.py's method (USS and shared pages from /proc/self/smaps_rollup) on a
 # rank at steady state whose data are negligible (M = 16, 1000-row replay buffer: USS 254 to 259 MB with
@@ -165,6 +168,43 @@ def gp_parts(m: int, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> dict[str
     }
 
 
+def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int) -> MemoryEstimate:
+    """MAMBA or IPPO on a coupled world: sequence replay (exact), networks with gradients and Adam, and the
+    largest transient (imagination of the neighbourhood), from the layer sizes; approximate to about 20 %."""
+    wm, ppo, n_actions = cfg.world_model, cfg.ppo, 5
+    slots = max_degree if cfg.mamba.communication == "neighbours" else 0
+    c, k, h = wm.n_categoricals, wm.n_classes, wm.deterministic
+    features = c * k + h
+    mamba = cfg.run.algorithm == "mamba"
+    in_dim = features if mamba else obs_dim
+    actor = in_dim * ppo.actor_hidden + (ppo.actor_layers - 1) * ppo.actor_hidden ** 2 + ppo.actor_hidden * n_actions
+    critic = in_dim * ppo.critic_hidden + 7 * ppo.critic_hidden ** 2
+    model = (obs_dim * wm.hidden + 2 * wm.hidden ** 2 + wm.hidden * wm.embed  # encoder
+             + (n_actions + c * k) * wm.model_hidden + 6 * wm.comm_layers * wm.model_hidden ** 2  # tokens, attention
+             + 3 * (wm.model_hidden * h + h * h) + h * wm.model_hidden + wm.model_hidden * c * k  # GRU, prior
+             + (h + wm.embed) * wm.hidden + wm.hidden * c * k  # posterior
+             + features * wm.hidden + 2 * wm.hidden ** 2 + wm.hidden * obs_dim  # decoder
+             + 2 * (features * wm.head_hidden + (wm.head_layers - 1) * wm.head_hidden ** 2)) if mamba else 0
+    parameters = actor + critic + model
+    networks = 4 * parameters * F32  # parameters, gradients, Adam's two moments
+    parts = [Part("actor-critic and world model, gradients, Adam", networks, "world_model.hidden / ppo.*_hidden")]
+    if mamba:
+        row = 4 * obs_dim + 14 + slots * (9 + 2 * c + 4 * h)
+        rows = cfg.mamba.buffer_size
+        parts.append(Part(f"sequence replay ({rows:,} steps)", rows * row, "mamba.buffer_size"))
+        starts = cfg.mamba.batch_size * cfg.mamba.sequence_length
+        imagined = 3 * starts * (1 + slots) * (wm.horizon + 1) * (features + wm.model_hidden) * F32
+        parts.append(Part("transient peak (imagination of the neighbourhood)", imagined, "mamba.batch_size"))
+    parts.append(Part("parameter averaging buffers (3 iterates + receive)", (4 + max_degree) * parameters * F64,
+                      "world_model.hidden"))
+    parts.append(Part("runtime: Python, torch, MPI (private)", RUNTIME_PRIVATE, "ranks per node"))
+    inputs = MemoryInputs(algorithm=cfg.run.algorithm, num_inducing=0, buffer_size=cfg.mamba.buffer_size,
+                          imagined_rows=0, hidden=(), batch_size=cfg.mamba.batch_size, ranks=ranks,
+                          max_degree=max_degree, diameter=0, tol_mode=False, device=str(cfg.run.device),
+                          obs_dim=obs_dim, act_dim=1)
+    return MemoryEstimate(inputs, tuple(parts))
+
+
 def estimate_from(inputs: MemoryInputs) -> MemoryEstimate:
     """The estimate for explicit inputs (estimate_memory reads them from a config)."""
     m, obs_dim, act_dim = inputs.num_inducing, inputs.obs_dim, inputs.act_dim
@@ -261,9 +301,13 @@ def estimate_memory(cfg: Any, ranks: int, max_degree: int, *, diameter: int | No
 
 
 def estimate_for_config(cfg: Any, ranks: int) -> MemoryEstimate:
-    """`estimate_memory` with the degree and diameter of the config's graph on `ranks` ranks."""
+    """`estimate_memory` (or `mamba_estimate` on a coupled world) with the degree and diameter of the config's
+    graph on `ranks` ranks."""
     graph = cfg.comm.graph(ranks, cfg.run.seed)
-    return estimate_memory(cfg, ranks, max((len(n) for n in graph.neighbours), default=0), diameter=graph.diameter())
+    degree = max((len(n) for n in graph.neighbours), default=0)
+    if cfg.run.algorithm in ("mamba", "ippo"):
+        return mamba_estimate(cfg, ranks, degree, obs_dim=COUPLED_OBS_DIM[cfg.env.world](ranks))
+    return estimate_memory(cfg, ranks, degree, diameter=graph.diameter())
 
 
 # ------------------------------------------------------------------------------------------- the node

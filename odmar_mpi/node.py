@@ -265,6 +265,12 @@ class Node:
         version, internal, gauss = node["python_rng"]
         random.setstate((version, tuple(internal), gauss))
 
+    def free(self) -> None:
+        """Release the communicators; every rank calls it."""
+        for part in (self.gossip, self.flood, self.step_gossip, self.action_flood, self.messages):
+            if part is not None:
+                part.free()
+
     def checkpoint(self) -> None:
         with self.telemetry.clock("checkpoint"):
             save_checkpoint(self.run_dir, self.rank, self.step, self.state_dict(), keep=self.cfg.run.keep_checkpoints,
@@ -308,9 +314,3 @@ def agree_on_step(flood: Flood, steps: list[int]) -> int | None:
             return candidate
         candidate = int(flood.minimum(float(max((s for s in steps if s < candidate), default=-1))))
     return None
-
-    def free(self) -> None:
-        """Release the communicators; every rank calls it."""
-        for part in (self.gossip, self.flood, self.step_gossip, self.action_flood, self.messages):
-            if part is not None:
-                part.free()

@@ -54,7 +54,7 @@ class CoupledWorldCopy(CoupledWorld):
         return super().reset().astype(np.float64)
 
     def step(self, action: Any, joint: np.ndarray | None = None) -> tuple[np.ndarray, float, bool, bool]:
-        obs, reward, terminated, truncated = super().step(np.asarray(joint[:, 0], dtype=np.int64))
+        obs, reward, terminated, truncated = self.step_joint(np.asarray(joint[:, 0], dtype=np.int64))
         if (terminated or truncated) and self.env.agents:
             raise RuntimeError(f"agent {self.agent} left the world before the others: worlds whose agents finish at "
                                "different steps are not supported (every copy must reset together)")

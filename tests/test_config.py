@@ -158,3 +158,23 @@ def test_check_prints_the_memory_estimate_and_refuses_what_cannot_fit_naming_the
     assert "model.num_inducing = " in absurd.stderr and "or less (now 200000; memory grows as M^2)" in absurd.stderr
     crowded = check("--ranks", "64", "--node-memory", "4")
     assert crowded.exit_code == 2 and "ranks per node" in crowded.stderr
+
+
+def test_coupled_world_refusals_name_the_package_the_rank_count_and_the_action_kind(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mpe2" else real_find_spec(name, *a))
+    missing = check("--ranks", "3", "--set", "run.algorithm=mamba", "--set", "env.world=simple_spread")
+    assert missing.exit_code == 2
+    assert "env.world = 'simple_spread' needs the package 'mpe2', which is not installed: pip install mpe2" in missing.stderr
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    agents = check("--ranks", "3", "--set", "env.n_agents=5")
+    assert agents.exit_code == 2 and "launch 5 ranks (mpirun -n 5)" in agents.stderr
+    discrete_on_continuous = check("--ranks", "3", "--set", "run.algorithm=mamba")
+    assert discrete_on_continuous.exit_code == 2
+    assert ("run.algorithm = 'mamba' acts with discrete actions but env.world = 'reward-collection' takes continuous "
+            "ones; choose run.algorithm from odmar, sac") in discrete_on_continuous.stderr
+    continuous_on_discrete = check("--ranks", "3", "--set", "env.world=simple_spread")
+    assert continuous_on_discrete.exit_code == 2
+    assert "choose run.algorithm from mamba, ippo for this world" in continuous_on_discrete.stderr

@@ -10,13 +10,14 @@ always ends by truncation, which is then treated as an end, as common PPO implem
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 import numpy as np
 import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
-from odmar_mpi.learners.base import Learner, LearnerContext, Transition
+from odmar_mpi.learners.base import TRAINING_MODES, Learner, LearnerContext, Transition
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.streams import shared_seed
 
@@ -37,9 +38,14 @@ class IPPOLearner(Learner):
         self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
         self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
         self.rollout: list[Transition] = []
+        # Per training step until its transition arrives: whether the current policy chose the action (PPO is
+        # on-policy: warm-up's random actions are not trained on).
+        self.on_policy: deque[bool] = deque()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+        if mode in TRAINING_MODES:
+            self.on_policy.append(mode == "explore")
         if mode in ("warmup", "random"):
             return np.asarray((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
         x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
@@ -48,7 +54,8 @@ class IPPOLearner(Learner):
         return np.asarray(int(self.ppo.actor(x)[0].argmax()))
 
     def observe(self, transition: Transition) -> None:
-        self.rollout.append(transition)
+        if self.on_policy.popleft():
+            self.rollout.append(transition)
 
     def update(self, step: int) -> None:
         """IPPO updates in `model_step`, once a rollout is gathered."""
@@ -79,7 +86,7 @@ class IPPOLearner(Learner):
 
     def state_dict(self) -> dict[str, Any]:
         return {"ppo": self.ppo.state_dict(), "generator": self.generator.get_state(),
-                "warmup_rng": self.warmup_rng.bit_generator.state,
+                "warmup_rng": self.warmup_rng.bit_generator.state, "on_policy": [float(x) for x in self.on_policy],
                 "rollout": [[t.obs, t.action, t.next_obs, [t.reward, float(t.terminated), float(t.truncated)]]
                             for t in self.rollout]}
 
@@ -87,5 +94,6 @@ class IPPOLearner(Learner):
         self.ppo.load_state_dict(state["ppo"])
         self.generator.set_state(state["generator"])
         self.warmup_rng.bit_generator.state = state["warmup_rng"]
+        self.on_policy = deque(bool(x) for x in state["on_policy"])
         self.rollout = [Transition(np.asarray(obs), np.asarray(action), float(flags[0]), np.asarray(next_obs),
                                    bool(flags[1]), bool(flags[2])) for obs, action, next_obs, flags in state["rollout"]]

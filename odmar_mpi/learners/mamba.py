@@ -81,9 +81,10 @@ class MAMBALearner(Learner):
         return ActingCopy(self.model.rssm.initial((1,)), -1, self.no_messages(), True)
 
     def no_messages(self) -> NeighbourMessages:
+        """Before a neighbour has sent anything: every slot holds a neighbour, with no action and no latent yet."""
         c, h = self.model_config.n_categoricals, self.model_config.deterministic
         return NeighbourMessages(torch.full((1, self.slots), -1), torch.full((1, self.slots, c), -1),
-                                 torch.zeros(1, self.slots, h), torch.zeros(1, self.slots, dtype=torch.bool))
+                                 torch.zeros(1, self.slots, h), torch.ones(1, self.slots, dtype=torch.bool))
 
     @staticmethod
     def copy_of(mode: str) -> str:
