@@ -6,7 +6,8 @@
 #               module load ...; pip install --no-binary=mpi4py mpi4py)
 #   VENV        the project's virtual environment           (default: $SLURM_SUBMIT_DIR/.venv)
 #   LAUNCHER    how the ranks start                          (default: srun)
-#                 srun     one Slurm task per rank, wired up by srun's PMI plugin (SRUN_MPI)
+#                 srun     one Slurm task per rank, wired up by srun's PMI plugin (SRUN_MPI); a rank that
+#                          dies (even in MPI_Init) ends the others at once instead of leaving them waiting
 #                 mpiexec  the venv's own mpiexec (the PyPI mpich wheel's Hydra) inside the
 #                          allocation: it detects Slurm and starts its proxies with srun itself
 #   SRUN_MPI    srun's PMI plugin, for LAUNCHER=srun        (default: pmi2)
@@ -35,7 +36,7 @@ SRUN_MPI=${SRUN_MPI:-pmi2}
 RUN_ROOT=${RUN_ROOT:-$SLURM_SUBMIT_DIR/runs}
 CONFIG=${CONFIG:-configs/odmar_beta0.01.toml}
 case $LAUNCHER in
-    srun) launch=(srun --mpi="$SRUN_MPI") ;;
+    srun) launch=(srun --mpi="$SRUN_MPI" --kill-on-bad-exit=1) ;;
     mpiexec) launch=("$VENV/bin/mpiexec" -n "$SLURM_NTASKS") ;;
     *) echo "LAUNCHER=$LAUNCHER: use srun (with SRUN_MPI=pmi2 or pmix) or mpiexec (the venv's own)" >&2; exit 2 ;;
 esac
@@ -50,10 +51,15 @@ echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM
 # DEVICE_ARGS and EXTRA_ARGS are space-separated options (no spaces inside a value, e.g.
 # --set sac.hidden=[64,64]); globbing is off so such a value is never taken for a file pattern.
 set -f
+status=0
 # shellcheck disable=SC2086
-"${launch[@]}" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-}
+"${launch[@]}" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-} || status=$?
 set +f
-if [[ -e $run_dir/COMPLETE ]]; then
+if (( status != 0 )); then
+    # An error (the ranks' message is in the .err log): running it again would fail again.
+    echo "$(date -Is) the ranks failed (exit $status); not requeueing job $SLURM_JOB_ID"
+    exit "$status"
+elif [[ -e $run_dir/COMPLETE ]]; then
     echo "$(date -Is) run complete: $run_dir"
 else
     # Stopped by the time-limit signal: every rank checkpointed; run again from there.

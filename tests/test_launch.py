@@ -1,10 +1,11 @@
 """The launch scripts in launch/: syntax, SLURM directives, and real runs through them.
 
 The SLURM scripts run here unchanged on a stub cluster: `srun` and `scontrol` are small scripts
-first on PATH (srun drops its --mpi option and starts the job with mpiexec; scontrol only writes
-down how it was called), and the SLURM_* variables are set by hand. `bash launch/slurm_cpu.sbatch`
-then does what a batch job does: its #SBATCH lines are comments to bash. These tests start their
-own MPI jobs, so they run in the serial pass.
+first on PATH (srun drops its --mpi and --kill-on-bad-exit options and starts the job with mpiexec;
+scontrol only writes down how it was called), and the SLURM_* variables are set by hand.
+`bash launch/slurm_cpu.sbatch` then does what a batch job does: its #SBATCH lines are comments to
+bash. These tests start their own MPI jobs, so they run in the serial pass. tests/test_slurm.py
+runs the same scripts on a real Slurm (make test-slurm).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def test_sbatch_directives_requeue_signal_every_rank_and_set_the_task_count(scri
 
 def test_the_shared_job_body_starts_the_ranks_with_srun_or_mpiexec_and_requeues():
     body = (LAUNCH / "slurm_job.sh").read_text()
-    assert re.search(r'^\s*srun\) launch=\(srun --mpi="\$SRUN_MPI"\) ;;$', body, re.MULTILINE)
+    assert re.search(r'^\s*srun\) launch=\(srun --mpi="\$SRUN_MPI" --kill-on-bad-exit=1\) ;;$', body, re.MULTILINE)
     assert re.search(r'^\s*mpiexec\) launch=\("\$VENV/bin/mpiexec" -n "\$SLURM_NTASKS"\) ;;$', body, re.MULTILINE)
     assert re.search(r'^"\$\{launch\[@\]\}" "\$VENV/bin/python" -m odmar_mpi\.run ', body, re.MULTILINE)
     assert re.search(r'^\s*scontrol requeue "\$SLURM_JOB_ID"$', body, re.MULTILINE)
@@ -122,7 +123,7 @@ def cluster(tmp_path) -> dict[str, str]:
     srun.write_text('#!/usr/bin/env bash\n'
                     'echo "$*" >> "$SRUN_LOG"\n'
                     'args=()\n'
-                    'for arg in "$@"; do [[ $arg == --mpi=* ]] || args+=("$arg"); done\n'
+                    'for arg in "$@"; do [[ $arg == --mpi=* || $arg == --kill-on-bad-exit* ]] || args+=("$arg"); done\n'
                     'exec "$MPIEXEC" -n "$SLURM_NTASKS" "${args[@]}"\n')
     scontrol = stubs / "scontrol"
     scontrol.write_text('#!/usr/bin/env bash\necho "$*" >> "$SCONTROL_LOG"\n')
@@ -179,7 +180,7 @@ def test_slurm_job_stops_on_usr1_requeues_then_resumes_and_completes(cluster):
     assert f"stopped on request at step {stopped}" in out
     assert not (run_dir / "COMPLETE").exists()
     assert calls(cluster["SCONTROL_LOG"]) == [f"requeue {JOB_ID}"]
-    assert calls(cluster["SRUN_LOG"])[0].startswith("--mpi=pmi2 ")
+    assert calls(cluster["SRUN_LOG"])[0].startswith("--mpi=pmi2 --kill-on-bad-exit=1 ")
 
     # The requeued job: same id and name, so it finds the folder and resumes; a budget ending 20 steps later.
     second_env = {**cluster, "EXTRA_ARGS": " ".join(set_args([f"run.train_steps={stopped - 200 + 20}"])),
@@ -206,6 +207,7 @@ def test_slurm_job_that_fails_is_not_requeued(cluster):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "model.beta = -1.0 is out of range" in result.stderr
+    assert f"the ranks failed (exit 2); not requeueing job {JOB_ID}" in result.stdout
     assert calls(cluster["SCONTROL_LOG"]) == []
 
 
