@@ -1,6 +1,8 @@
 # Two entry points for a fresh machine (Python >= 3.11, make, bash):
 #   make run    create .venv, install, run a short real 4-agent ODMAR training, print the summary, plot it
 #   make test   create .venv, install, run the whole test suite (serial tests, then MPI tests at 2 and 4 ranks)
+#   make test-slurm  the launch/ scripts on a real one-node Slurm: as root, installs Debian's slurm-wlm and munge
+#               when missing, starts its own daemons and stops them (skips where it cannot; about 4 minutes)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,8 +10,10 @@ MPIEXEC := $(VENV)/bin/mpiexec
 RANKS ?= 4
 # A hung MPI test must not hang CI: the suite's last resort (the code's own deadlines fire first).
 MPI_TEST_TIMEOUT ?= 900
+# On SIGTERM the real-Slurm test stops its own cluster; a watchdog does so should pytest be killed outright.
+SLURM_TEST_TIMEOUT ?= 1800
 
-.PHONY: install run test test-serial test-mpi clean
+.PHONY: install run test test-serial test-mpi test-slurm clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +29,14 @@ run: install
 test: test-serial test-mpi
 
 test-serial: install
-	$(PY) -m pytest -q -m 'not mpi' tests
+	$(PY) -m pytest -q -m 'not mpi and not slurm' tests
 
 test-mpi: install
 	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 2 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
 	timeout $(MPI_TEST_TIMEOUT) $(MPIEXEC) -n 4 $(PY) -m pytest -q -p no:cacheprovider --with-mpi -m mpi tests
+
+test-slurm: install
+	timeout --kill-after=120 $(SLURM_TEST_TIMEOUT) $(PY) -m pytest -q -rP -p no:cacheprovider -m slurm tests/test_slurm.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
