@@ -10,18 +10,24 @@ import torch
 
 from odmar_mpi.comm.consensus import ConsensusResult
 from odmar_mpi.config import load_config
-from odmar_mpi.learners import ALGORITHMS, learner_class
+from odmar_mpi.learners import ALGORITHMS, DISCRETE_ACTIONS, learner_class
 from odmar_mpi.learners.base import MODES, LearnerContext, Transition
 from odmar_mpi.records import Records
 from odmar_mpi.streams import stream_seed
 from odmar_mpi.worlds import make_world
 
 TINY = ["model.num_inducing=16", "model.rollout_batch=8", "model.update_every=10", "sac.hidden=[16, 16]",
-        "sac.batch_size=8", "sac.updates_per_step=1", "sac.buffer_size=1000", "run.warmup_steps=8"]
+        "sac.batch_size=8", "sac.updates_per_step=1", "sac.buffer_size=1000", "run.warmup_steps=8",
+        "world_model.deterministic=8", "world_model.n_categoricals=2", "world_model.n_classes=4",
+        "world_model.hidden=8", "world_model.embed=8", "world_model.model_hidden=8", "world_model.head_hidden=8",
+        "world_model.comm_heads=2", "world_model.horizon=3", "mamba.batch_size=2", "mamba.sequence_length=5",
+        "mamba.buffer_size=200", "ppo.actor_hidden=8", "ppo.critic_hidden=8", "ppo.critic_heads=2",
+        "ppo.minibatch_size=16"]
 
 
 class SumOfOne:
-    """A gossip handle for a single agent, or one that returns a chosen sum instead."""
+    """A gossip handle for a single agent (sums, averages and mixes are the agent's own), or one whose sum
+    is a chosen vector instead."""
 
     def __init__(self, replace: np.ndarray | None = None) -> None:
         self.replace = replace
@@ -29,9 +35,16 @@ class SumOfOne:
     def sum(self, x: np.ndarray, **_) -> ConsensusResult:
         return ConsensusResult((x if self.replace is None else self.replace).copy(), 1, [0.0, 0.0])
 
+    def average(self, x: np.ndarray, **_) -> ConsensusResult:
+        return ConsensusResult(x.copy(), 0, [])
+
+    def mix(self, x: np.ndarray, rounds: int = 1) -> np.ndarray:
+        return x.copy()
+
 
 def make_learner(algorithm: str, overrides: list[str] = ()):
-    cfg = load_config(None, TINY + [f"run.algorithm={algorithm}", *overrides])
+    world_name = "simple_spread" if DISCRETE_ACTIONS[algorithm] else "reward-collection"
+    cfg = load_config(None, TINY + [f"run.algorithm={algorithm}", f"env.world={world_name}", *overrides])
     world = make_world(cfg, rank=0, n_agents=1)
     cls = learner_class(algorithm)
     records = Records(cls.tables)
@@ -41,14 +54,17 @@ def make_learner(algorithm: str, overrides: list[str] = ()):
     return cls(ctx), world, records
 
 
-def feed(learner, world, steps: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
+def feed(learner, world, steps: int) -> None:
+    """`steps` warm-up steps of a single agent (its own action is the whole joint action)."""
     obs = world.reset()
+    learner.begin_episode("warmup")
     for _ in range(steps):
-        action = rng.uniform(-1, 1, 2)
-        next_obs, reward, terminated, truncated = world.step(action)
+        action = learner.act(obs, "warmup")
+        next_obs, reward, terminated, truncated = world.step(action, np.atleast_1d(action).reshape(1, -1))
         learner.observe(Transition(obs, action, reward, next_obs, terminated, truncated))
-        obs = world.reset() if truncated else next_obs
+        obs = world.reset() if terminated or truncated else next_obs
+        if terminated or truncated:
+            learner.begin_episode("warmup")
 
 
 def test_every_registered_algorithm_builds_and_acts():
@@ -56,7 +72,10 @@ def test_every_registered_algorithm_builds_and_acts():
         learner, world, _ = make_learner(algorithm)
         for mode in MODES:
             action = learner.act(world.reset(), mode)
-            assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+            if world.discrete:
+                assert action.shape == () and 0 <= int(action) < world.n_actions
+            else:
+                assert action.shape == (2,) and np.all(np.abs(action) <= 1)
 
 
 def test_a_posterior_that_cannot_be_formed_keeps_the_previous_one_and_is_recorded(capsys):
@@ -99,11 +118,13 @@ def test_state_round_trip_continues_identically(algorithm):
     if first.model_every:
         first.model_step(10, SumOfOne())
     first.update(11)
+    if world.coupled:
+        first.act(world.reset(), "explore")  # a recurrent state and a pending step are part of the state too
     state = first.state_dict()
     second, world2, _ = make_learner(algorithm)
     second.load_state_dict(state)
     for learner in (first, second):
         learner.update(12)
-    obs = np.array([1.0, -2.0])
-    for mode in ("warmup", "explore", "evaluate"):  # same networks and the same random streams
+    obs = world.reset()
+    for mode in ("warmup", "explore", "evaluate"):  # same networks, random streams and recurrent state
         assert np.array_equal(first.act(obs, mode), second.act(obs, mode))

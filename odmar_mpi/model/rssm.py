@@ -138,7 +138,8 @@ def attention_mask(valid: Tensor, adjacency: Tensor) -> Tensor:
 
 def with_self(valid: Tensor) -> Tensor:
     """Neighbour-slot validity (..., N) -> member validity (..., 1 + N), member 0 (the agent) always valid."""
-    return torch.cat([torch.ones_like(valid[..., :1]), valid], -1)
+    own = torch.ones(*valid.shape[:-1], 1, dtype=valid.dtype, device=valid.device)  # also for N = 0 slots
+    return torch.cat([own, valid], -1)
 
 
 class AttentionLayer(nn.Module):
