@@ -2,7 +2,7 @@
 #   make run    create .venv, install, run a short real 4-agent ODMAR training, print the summary, plot it
 #   make test   create .venv, install, run the whole test suite (serial tests, then MPI tests at 2 and 4 ranks)
 #   make test-slurm  the launch/ scripts on a real one-node Slurm: as root, installs Debian's slurm-wlm and munge
-#               when missing, starts its own daemons and stops them (skips where it cannot; about 4 minutes)
+#               when missing, starts its own daemons and stops them (skips where it cannot; 3 to 4 minutes)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -9,7 +9,10 @@ written to /etc/slurm or /etc/munge; commands find this cluster through SLURM_CO
 
     with Cluster.started() as cluster:      # raises CannotRun (a reason to skip) where it cannot
         job = cluster.sbatch([...], env)
-        cluster.wait_for(lambda: cluster.job(job)["JobState"] == "COMPLETED", 120, "job to complete")
+        wait_for(lambda: cluster.job(job)["JobState"] == "COMPLETED", 120, "job to complete")
+
+Should the test process die without stopping the cluster (SIGKILL, a CI timeout), a watchdog process
+ends the daemons' and the job steps' sessions and removes the folder.
 
 Needs root (slurmd runs jobs as their owner; SlurmUser=root keeps it simple) and, when Slurm or
 MUNGE is missing, apt-get: ensure_installed() installs Debian's slurm-wlm and munge (about 15 s),
@@ -43,8 +46,6 @@ CRED_EXPIRE_S = 10  # a requeued job may start again this long after it stopped 
 # request against it. Sized like a common 8-GPU node; CLOUD: powered down, so never pinged.
 GPU_PARTITION = "gpu"
 GPU_NODE = "NodeName=gpunode1 NodeAddr=192.0.2.1 CPUs=64 RealMemory=512000 Gres=gpu:8 State=CLOUD"
-
-
 LEAKY_PREFIXES = ("SLURM_", "SBATCH_", "SRUN_", "SALLOC_", "PMI_", "PMIX_", "OMPI_", "MV2_", "HYDRA_", "I_MPI_")
 WATCHDOG_MAX_S = 3600  # the watchdog ends the cluster after this long even while its test still runs
 
@@ -105,6 +106,23 @@ def ensure_installed(timeout: float = 300) -> None:
         raise CannotRun(f"apt-get could not install {' '.join(PACKAGES)} (no package registry?):\n{tail}")
     if missing_programs():
         raise CannotRun(f"installed {' '.join(PACKAGES)} but {', '.join(missing_programs())} still missing")
+
+
+def make_folder() -> Path:
+    """A fresh private folder whose files may be executed (slurmd runs the job scripts from its spool)."""
+    for parent in (None, "/var/tmp"):
+        folder = Path(tempfile.mkdtemp(prefix="odmar-slurm-", dir=parent))
+        probe = folder / "probe.sh"
+        probe.write_text("#!/bin/sh\nexit 0\n")
+        probe.chmod(0o755)
+        try:
+            if subprocess.run([str(probe)], timeout=10).returncode == 0:
+                probe.unlink()
+                return folder
+        except OSError:
+            pass
+        shutil.rmtree(folder, ignore_errors=True)
+    raise CannotRun(f"no temporary folder allows executing files ({tempfile.gettempdir()}, /var/tmp: noexec?)")
 
 
 def free_port() -> int:
@@ -297,6 +315,9 @@ class Cluster:
             "GresTypes=gpu",
             "MinJobAge=300",  # finished jobs stay visible to `scontrol show job` (no accounting here)
             "KillWait=5",
+            # A job may overrun its limit by 2 minutes before it is killed: time for the ranks to stop on the
+            # time-limit signal (due 120 s before the limit) and the script to requeue, however busy the machine.
+            "OverTimeLimit=2",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
             "JobCompType=jobcomp/none",
@@ -388,7 +409,7 @@ class Cluster:
                 daemon.kill()
                 daemon.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while (left := self.ours()) and time.monotonic() < deadline:
+        while self.ours() and time.monotonic() < deadline:
             time.sleep(0.2)
         for session, pids in self.ours().items():
             for pid in pids:
@@ -412,7 +433,7 @@ class Cluster:
         """Install what is missing, start a cluster in a fresh folder, always stop it (and remove the folder
         unless `keep` or ODMAR_SLURM_KEEP=1)."""
         ensure_installed()
-        folder = Path(tempfile.mkdtemp(prefix="odmar-slurm-"))
+        folder = make_folder()
         cluster = cls(folder)
         # SIGTERM (a CI timeout, `timeout`) would end Python at once, skipping stop(): make it unwind instead.
         previous = signal.getsignal(signal.SIGTERM)
