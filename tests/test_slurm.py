@@ -189,6 +189,7 @@ def test_default_launch_stops_on_usr1_at_one_step_requeues_resumes_and_completes
 
 
 def test_venv_mpiexec_launch_stops_on_the_scripts_time_limit_signal_requeues_and_resumes(cluster):
+    """The run never completes here (100000 steps): stopped by the time-limit signal, resumed, stopped again."""
     job = Job(cluster, "slurm_cpu.sbatch", {"LAUNCHER": "mpiexec",
                                             "EXTRA_ARGS": extra_args(TINY + ["run.train_steps=100000"])})
     job.wait(job.checkpointed, STARTUP_S, "a checkpoint from every rank")
@@ -208,13 +209,22 @@ def test_venv_mpiexec_launch_stops_on_the_scripts_time_limit_signal_requeues_and
     job.wait(lambda: f"resuming {job.run_dir} from step {stopped} with {RANKS} agents" in job.stdout(),
              STARTUP_S, "the requeued job to resume")
     resumed = job.elapsed()
+    # Stop the resumed run cleanly too (USR1 by hand, once it trains again), then cancel it while it waits:
+    # killed ranks would leave their shared memory behind in /dev/shm.
+    job.wait(lambda: min(job.newest_steps()) > stopped, STARTUP_S, "a checkpoint of the resumed run")
+    cluster.run(["scancel", "--signal=USR1", job.id])
+    job.wait(lambda: job.record().get("Restarts") == "2", FINISH_S, "the second requeue")
+    again = job.newest_steps()
     cluster.run(["scancel", job.id])
     job.wait_state({"CANCELLED", "COMPLETED", "FAILED"}, 120)
     print(f"time limit shortened at {limited}, requeued at {requeued}, resumed at {resumed} after submission")
     print(job.report())
     assert newest == [stopped] * RANKS, (newest, job.report())
     out = job.stdout()
+    second = int(re.findall(r"stopped on request at step (\d+)", out)[-1])
+    assert again == [second] * RANKS and second > stopped, (again, job.report())
     order = [f"job {job.id} (restart 0)", f"stopped on request at step {stopped}", f"requeueing job {job.id}",
-             f"job {job.id} (restart 1)", f"resuming {job.run_dir} from step {stopped}"]
+             f"job {job.id} (restart 1)", f"resuming {job.run_dir} from step {stopped}",
+             f"stopped on request at step {second}"]
     positions = [out.find(text) for text in order]
     assert -1 not in positions and positions == sorted(positions), (positions, job.report())
