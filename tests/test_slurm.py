@@ -4,12 +4,14 @@ A one-node cluster of our own (tests/slurm_cluster.py: munged, slurmctld, slurmd
 folder; Debian's slurm-wlm and munge installed when missing) runs launch/slurm_cpu.sbatch as
 shipped, sized to 2 ranks and given a tiny config:
 
-- a launch that does not wire MPI up (`srun --mpi=none`) is refused by every rank with exit 2;
+- a launch that does not wire MPI up (`srun --mpi=none`): each singleton refuses with exit 2 (srun's
+  --kill-on-bad-exit may end the slower one first), and the job is not requeued;
 - the default launch (`srun --mpi=pmi2`, the PyPI mpich wheel): a 2-rank world; USR1 to every rank
   (`scancel -s USR1`, what `--signal=USR1@N` does) stops all at one agreed step, the job requeues
   itself, resumes from that step in the same folder and completes;
 - the venv's own mpiexec inside the allocation (LAUNCHER=mpiexec): a 2-rank world; the script's own
-  `--signal=USR1@120` (made due by shortening the time limit) stops it, it requeues and resumes;
+  `--signal=USR1@120` (made due by shortening the time limit) stops it, it requeues and resumes
+  (then USR1 stops it again and it is cancelled while it waits);
 - launch/slurm_gpu.sbatch, as shipped, is accepted (`sbatch --test-only`) by a partition of 8-GPU
   nodes (a node line with Gres=gpu:8; there is no GPU here, so it is never run).
 
@@ -63,7 +65,7 @@ def cluster(request):
 class Job:
     """One submission of launch/slurm_cpu.sbatch (or _gpu) to the test cluster, with its log files."""
 
-    def __init__(self, cluster: Cluster, script: str, env: dict[str, str], args: list[str] = ()):
+    def __init__(self, cluster: Cluster, script: str, env: dict[str, str], args: tuple[str, ...] = ()):
         self.cluster = cluster
         logs = cluster.folder / "jobs"
         logs.mkdir(exist_ok=True)
