@@ -18,7 +18,7 @@ SLURM_TEST_TIMEOUT ?= 1800
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,plot]'
+	$(PY) -m pip install --quiet -e '.[test,plot,mpe]'
 	touch $@
 
 install: $(VENV)/.installed
