@@ -295,7 +295,13 @@ class Node:
             raise CheckpointError(f"cannot resume {self.run_dir}: no checkpoint step that every rank can load"
                                   f"{f' (rank(s) {without} have none)' if without else ''}; see the warnings above, "
                                   "or start a new run with --out.")
-        self.load_state_dict(load_checkpoint(self.run_dir, self.rank, step, ranks=self.n_agents))
+        state = load_checkpoint(self.run_dir, self.rank, step, ranks=self.n_agents)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as err:  # a part whose state has another shape or keys
+            raise CheckpointError(f"rank {self.rank}: the checkpoint of step {step} in {self.run_dir} does not fit this "
+                                  f"version of odmar_mpi ({__version__}) and config ({type(err).__name__}: {err}); "
+                                  "resume with the version that wrote it, or start a new run with --out.") from None
         if self.rank == 0 and step != newest:
             print(f"odmar_mpi.run: warning: the newest checkpoint (step {newest}) is missing or damaged on some rank; "
                   f"resuming from step {step}, the newest step every rank can load.", file=sys.stderr, flush=True)

@@ -38,6 +38,26 @@ class RunFolderError(RuntimeError):
     """The run folder cannot be used; the message says why and what to do."""
 
 
+class StopSignals:
+    """SIGTERM/SIGUSR1 before the node exists (start-up, imports, resume): remember them instead of dying.
+
+    Slurm may send the time-limit signal early, while a loaded machine is still importing torch; the
+    node then stops at its first agreed step."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, *_: object) -> None:
+        self.received = True
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self)
+
+
+STOP_SIGNALS = StopSignals()
+
+
 def install_abort_hook() -> None:
     """An uncaught exception on one rank prints and aborts the job, so no rank waits forever."""
     from mpi4py import MPI
@@ -215,6 +235,8 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     except CheckpointError as err:
         fail_everywhere(rank, err)
 
+    # From here the node's handler sets its flag; a signal that came while the ranks were starting is kept.
+    node.stop_requested = STOP_SIGNALS.received
     for signum in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(signum, node.request_stop)
     try:
@@ -244,6 +266,7 @@ def launcher_rank() -> int:
 
 def cli() -> None:
     """The entry point: a usage error (unknown option, missing value) is printed once per job, not per rank."""
+    STOP_SIGNALS.install()
     try:
         code = main.main(standalone_mode=False)
     except click.ClickException as err:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -188,3 +189,17 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_an_older_common_
     # From the fallback the run redoes steps 250..500 exactly as before, then goes on to 550.
     for rank in range(RANKS):
         assert_same_tree(learning_state(full_dir, rank, 500), learning_state(broken, rank, 500), f"rank {rank}")
+
+
+def test_a_checkpoint_that_does_not_fit_this_version_is_refused_clearly(finished_run, tmp_path):
+    full_dir, _ = finished_run
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-r", str(full_dir), str(other)], check=True)
+    (other / "COMPLETE").unlink()
+    for path in (other / "checkpoints").glob("*.h5"):  # as if written by a version whose node had no telemetry part
+        with h5py.File(path, "r+") as f:
+            f["state"].attrs["keys"] = f["state"].attrs["keys"].replace('"telemetry"', '"telemetry_v0"')
+    result = run_job("--resume", str(other), overrides=["run.train_steps=350"], timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.count("error:") == 1
+    assert "does not fit this version of odmar_mpi" in result.stderr and "start a new run with --out" in result.stderr
