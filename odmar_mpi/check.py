@@ -41,6 +41,14 @@ def main(config: Path | None, ranks: int, overrides: tuple[str, ...], ranks_per_
     except ConfigError as err:
         click.echo(f"odmar_mpi.check: error: {err}", err=True)
         sys.exit(2)
+    if cfg.run.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            click.echo('odmar_mpi.check: error: run.device = "cuda" but this machine has no CUDA device; check on a '
+                       'GPU node (the ranks will refuse the same way there if they see none), or set run.device = '
+                       '"auto".', err=True)
+            sys.exit(2)
     estimate = estimate_for_config(cfg, ranks)
     per_node = min(ranks_per_node or ranks, ranks)
     node_bytes = int(node_memory * 1e9) if node_memory else available_memory()

@@ -152,7 +152,8 @@ class Node:
                 self.checkpoint()
             if stop:
                 return False
-        self.checkpoint()
+        if not (run.checkpoint_every and self.step % run.checkpoint_every == 0):  # not written just above
+            self.checkpoint()
         self.record_last_steps()
         return True
 
@@ -291,7 +292,7 @@ class Node:
         newest = int(flood.maximum(float(max(good, default=-1))))
         step = agree_on_step(flood, good)
         if step is None:
-            without = np.flatnonzero(flood.gather(float(len(good)))[:, 0] == 0).tolist()
+            without = ", ".join(map(str, np.flatnonzero(flood.gather(float(len(good)))[:, 0] == 0)))
             raise CheckpointError(f"cannot resume {self.run_dir}: no checkpoint step that every rank can load"
                                   f"{f' (rank(s) {without} have none)' if without else ''}; see the warnings above, "
                                   "or start a new run with --out.")

@@ -178,3 +178,12 @@ def test_coupled_world_refusals_name_the_package_the_rank_count_and_the_action_k
     continuous_on_discrete = check("--ranks", "3", "--set", "env.world=simple_spread")
     assert continuous_on_discrete.exit_code == 2
     assert "choose run.algorithm from mamba, ippo for this world" in continuous_on_discrete.stderr
+
+
+def test_check_refuses_cuda_where_there_is_none():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the refusal cannot happen here")
+    result = check("--ranks", "3", "--set", "run.device=cuda")
+    assert result.exit_code == 2 and 'run.device = "cuda" but this machine has no CUDA device' in result.stderr

@@ -203,3 +203,29 @@ def test_a_checkpoint_that_does_not_fit_this_version_is_refused_clearly(finished
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("error:") == 1
     assert "does not fit this version of odmar_mpi" in result.stderr and "start a new run with --out" in result.stderr
+
+
+def test_a_full_disk_during_a_run_is_one_clear_line_and_the_previous_checkpoint_survives(finished_run, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs that really fills up")
+    full_dir, _ = finished_run
+    # Room for what the same run writes up to its checkpoint at 250, and half of one checkpoint more:
+    # the checkpoint at 500 cannot fit (runs are deterministic, so the finished run's files give the sizes).
+    files = [p for p in full_dir.rglob("*") if p.is_file() and "step000000500" not in p.name and p.suffix != ".png"]
+    later = min(p.stat().st_size for p in (full_dir / "checkpoints").glob("*step000000500.h5"))
+    size_kb = (sum(p.stat().st_size for p in files) + later // 2) // 1024 + 64
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        result = run_job("--out", str(disk / "run"), timeout=300)
+        assert result.returncode != 0, result.stdout
+        lines = [line for line in result.stderr.splitlines() if "No space left on device" in line]
+        assert lines and "cannot write" in lines[0] and "Nothing lost" in lines[0], result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        for rank in range(RANKS):
+            assert 250 in local_steps(disk / "run", rank)  # the previous checkpoint survives and loads
+            assert load_checkpoint(disk / "run", rank, 250)["node"]["step"] == 250
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
