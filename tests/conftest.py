@@ -16,3 +16,14 @@ def comm() -> Iterator[object]:
     duplicate = MPI.COMM_WORLD.Dup()
     yield duplicate
     duplicate.Free()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for the test: tiny models run fastest so, and the test machine's cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

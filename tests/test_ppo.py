@@ -7,7 +7,6 @@ module outputs compared with themselves must be bit-identical.
 from __future__ import annotations
 
 import io
-from typing import Iterator
 
 import pytest
 import torch
@@ -15,16 +14,10 @@ import torch
 from odmar_mpi.policy.ppo import PPO, Critic, PPOConfig, clipped_policy_loss, lambda_returns
 from odmar_mpi.policy.sequences import SequenceBuffer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; the machine's cores are shared
+
+
 TINY = PPOConfig(actor_hidden=16, critic_hidden=16, critic_heads=4, minibatch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_lambda_returns_by_hand() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Iterator
 
 import pytest
 import torch
@@ -21,6 +20,9 @@ from odmar_mpi.model.rssm import (NeighbourMessages, RSSMState, WorldModel, Worl
                                   kl_balanced, local_graph, position_encoding)
 from odmar_mpi.policy.sequences import SequenceBuffer
 from mamba_reference import reference_transition
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; the machine's cores are shared
+
 
 CONFIG = WorldModelConfig(deterministic=32, n_categoricals=8, n_classes=8, hidden=32, embed=16, model_hidden=32,
                           comm_heads=8, head_hidden=32, horizon=3)
@@ -308,12 +310,3 @@ def test_world_model_reads_a_sampled_sequence_batch() -> None:
                    torch.randn(2, CONFIG.deterministic, generator=g), [True, True])
     terms = model().loss(buffer.sample(3, 8), TRIANGLE, torch.Generator().manual_seed(0))
     assert math.isfinite(float(terms["total"].detach()))
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
