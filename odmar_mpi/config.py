@@ -226,10 +226,13 @@ def validate(cfg: Config, ranks: int) -> None:
         raise ConfigError(
             f"comm.algorithm = {cfg.comm.algorithm!r} needs comm.rounds > 0 or comm.tol > 0 (or use comm.algorithm = \"finite-time\")."
         )
-    if cfg.uses_model and cfg.model.rollout_batch > cfg.run.warmup_steps:
+    buffer_starts = cfg.model.rollout_batch - round(cfg.model.uniform_starts * cfg.model.rollout_batch)
+    if cfg.uses_model and buffer_starts > cfg.run.warmup_steps:
         raise ConfigError(
             f"model.rollout_batch = {cfg.model.rollout_batch} exceeds run.warmup_steps = {cfg.run.warmup_steps}: "
-            "imagination samples its start states from the real buffer; lower the batch or warm up longer."
+            "imagination samples its start states from the real buffer; lower the batch or warm up longer"
+            + (f" (with model.uniform_starts = {cfg.model.uniform_starts:g}, {buffer_starts} come from the buffer)."
+               if cfg.model.uniform_starts else ".")
         )
     if cfg.sac.buffer_size < cfg.sac.batch_size:
         raise ConfigError(f"sac.buffer_size = {cfg.sac.buffer_size} is smaller than sac.batch_size = {cfg.sac.batch_size}.")

@@ -7,7 +7,7 @@ import numpy as np
 
 # The position of a name is its spawn key: append new streams, never reorder (old runs would change).
 STREAMS = ("warmup", "policy", "replay", "imagined", "torch_global", "python_global", "world", "random_eval",
-           "model", "init")
+           "model", "init", "evaluate", "starts")
 SHARED = 1 << 30  # spawn key of the streams every rank shares (no rank has this index)
 
 

@@ -111,9 +111,25 @@ def test_a_first_posterior_failure_skips_imagination_and_training_goes_on():
     learner.update(11)  # real data only, no error
 
 
+def test_uniform_imagination_starts_cover_the_world_and_the_rest_come_from_the_buffer():
+    half, world, _ = make_learner("odmar", ["model.uniform_starts=0.5"])
+    feed(half, world, 40)
+    starts = half.imagination_starts().numpy()
+    assert starts.shape == (8, world.obs_dim)
+    stored = half.real.sample(1000).obs.numpy()
+    assert all((row == stored).all(1).any() for row in starts[:4])  # the first half: real states
+    assert np.all(starts >= world.obs_low) and np.all(starts <= world.obs_high)
+    uniform, world, _ = make_learner("odmar", ["model.uniform_starts=1", "model.rollout_batch=4000"])
+    spread = uniform.imagination_starts().numpy()  # no real data needed at all
+    assert np.all(spread >= world.obs_low) and np.all(spread <= world.obs_high)
+    np.testing.assert_allclose(spread.mean(0), (world.obs_low + world.obs_high) / 2, atol=0.3)
+    np.testing.assert_allclose(spread.std(0), (world.obs_high - world.obs_low) / np.sqrt(12), rtol=0.05)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_state_round_trip_continues_identically(algorithm):
-    first, world, _ = make_learner(algorithm)
+    overrides = ["model.uniform_starts=0.5"]  # its stream is part of the state too
+    first, world, _ = make_learner(algorithm, overrides)
     feed(first, world, 40)
     if first.model_every:
         first.model_step(10, SumOfOne())
@@ -121,8 +137,10 @@ def test_state_round_trip_continues_identically(algorithm):
     if world.coupled:
         first.act(world.reset(), "explore")  # a recurrent state and a pending step are part of the state too
     state = first.state_dict()
-    second, world2, _ = make_learner(algorithm)
+    second, world2, _ = make_learner(algorithm, overrides)
     second.load_state_dict(state)
+    if algorithm == "odmar":
+        assert torch.equal(first.imagination_starts(), second.imagination_starts())
     for learner in (first, second):
         learner.update(12)
     obs = world.reset()

@@ -176,6 +176,24 @@ def test_twin_critic_equals_two_separate_mlps() -> None:
     assert not torch.equal(weights[0][0], weights[0][1])  # the members start different
 
 
+@pytest.mark.parametrize("init", ["fan_in", "xavier"])
+def test_initialisation_schemes_have_their_bounds(init: str) -> None:
+    """fan_in: weights and biases in +-1/sqrt(fan_in), biases not zero; xavier (the original's): weights in
+    +-sqrt(6/(fan_in + fan_out)) and filling most of it, biases exactly zero. Actor and both critics."""
+    sac = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=[64, 32], init=init), "cpu", seed=0)
+    layers = [(layer.weight.T, layer.bias) for layer in sac.actor.modules() if isinstance(layer, torch.nn.Linear)]
+    layers += [(w[m], b[m]) for w, b in zip(sac.critic.weights, sac.critic.biases) for m in range(2)]
+    assert len(layers) == 3 + 6
+    for weight, bias in layers:  # weight as (in, out)
+        fan_in, fan_out = weight.shape
+        bound = 1 / math.sqrt(fan_in) if init == "fan_in" else math.sqrt(6 / (fan_in + fan_out))
+        assert weight.abs().max() <= bound and weight.abs().max() > 0.8 * bound
+        if init == "xavier":
+            assert torch.count_nonzero(bias) == 0
+        else:
+            assert bias.abs().max() <= bound and torch.count_nonzero(bias) == bias.numel()
+
+
 def test_same_seed_same_networks_and_actions() -> None:
     a = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32)), "cpu", seed=7)
     b = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32)), "cpu", seed=7)

@@ -35,6 +35,7 @@ class IPPOLearner(Learner):
         self.model_every = cfg.ppo.rollout_steps
         self.ppo = PPO(world.obs_dim, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"))
         self.generator = torch.Generator().manual_seed(ctx.seed("policy"))
+        self.eval_generator = torch.Generator().manual_seed(ctx.seed("evaluate"))  # sampled evaluations only
         self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
         self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
         self.rollout: list[Transition] = []
@@ -51,6 +52,8 @@ class IPPOLearner(Learner):
         x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
         if mode == "explore":
             return np.asarray(int(self.ppo.actor.sample(x, self.generator)[0]))
+        if self.ctx.cfg.ppo.evaluation == "sample":
+            return np.asarray(int(self.ppo.actor.sample(x, self.eval_generator)[0]))
         return np.asarray(int(self.ppo.actor(x)[0].argmax()))
 
     def observe(self, transition: Transition) -> None:
@@ -86,6 +89,7 @@ class IPPOLearner(Learner):
 
     def state_dict(self) -> dict[str, Any]:
         return {"ppo": self.ppo.state_dict(), "generator": self.generator.get_state(),
+                "eval_generator": self.eval_generator.get_state(),
                 "warmup_rng": self.warmup_rng.bit_generator.state, "on_policy": [float(x) for x in self.on_policy],
                 "rollout": [[t.obs, t.action, t.next_obs, [t.reward, float(t.terminated), float(t.truncated)]]
                             for t in self.rollout]}
@@ -93,6 +97,7 @@ class IPPOLearner(Learner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ppo.load_state_dict(state["ppo"])
         self.generator.set_state(state["generator"])
+        self.eval_generator.set_state(state["eval_generator"])
         self.warmup_rng.bit_generator.state = state["warmup_rng"]
         self.on_policy = deque(bool(x) for x in state["on_policy"])
         self.rollout = [Transition(np.asarray(obs), np.asarray(action), float(flags[0]), np.asarray(next_obs),

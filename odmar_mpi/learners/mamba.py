@@ -50,7 +50,8 @@ class MAMBALearner(Learner):
         # parameter disagreement ||theta_i - mean|| / ||mean|| after the averaging, bytes sent per neighbour
         "mamba": ("step", "reconstruction", "reward_loss", "discount_loss", "kl", "action_prediction", "model_loss",
                   "policy_loss", "value_loss", "entropy", "imagined_reward", "real_reward", "disagreement",
-                  "parameter_bytes", "message_bytes_per_step"),
+                  "parameter_bytes", "message_bytes_per_step", "approx_kl", "clip_fraction", "returns_mean",
+                  "imagined_starts"),
     }
 
     def __init__(self, ctx: LearnerContext) -> None:
@@ -68,6 +69,8 @@ class MAMBALearner(Learner):
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
                                      self.model_config.deterministic, seed=ctx.seed("replay"))
         self.generator = torch.Generator().manual_seed(ctx.seed("policy"))
+        # the evaluation copy's posterior samples and sampled actions: evaluations never shift training's stream
+        self.eval_generator = torch.Generator().manual_seed(ctx.seed("evaluate"))
         self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
         self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
         self.message_size = (1 + self.model_config.n_categoricals + self.model_config.deterministic) if self.slots else 0
@@ -97,15 +100,17 @@ class MAMBALearner(Learner):
     @torch.no_grad()
     def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
         """Filter the observation into the posterior state (with last step's own action and messages), then
-        act: uniformly at random (warmup, random), by sampling the actor (explore) or by its argmax (evaluate)."""
+        act: uniformly at random (warmup, random), by sampling the actor (explore), or in evaluations as
+        `ppo.evaluation` says (sampled, as MAMBA's controller always acts, or the argmax)."""
         copy = self.copies[self.copy_of(mode)]
+        generator = self.generator if copy is self.copies["train"] else self.eval_generator
         embed = self.model.encoder(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
         state, _, _ = self.model.rssm.observe_step(copy.state, torch.tensor([copy.action]), copy.messages, embed,
-                                                   torch.tensor([copy.first]), self.graph, self.generator)
+                                                   torch.tensor([copy.first]), self.graph, generator)
         if mode in ("warmup", "random"):
             action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
-        elif mode == "explore":
-            action = int(self.ppo.actor.sample(features(state), self.generator)[0])
+        elif mode == "explore" or self.ctx.cfg.ppo.evaluation == "sample":
+            action = int(self.ppo.actor.sample(features(state), generator)[0])
         else:
             action = int(self.ppo.actor(features(state))[0].argmax())
         if copy is self.copies["train"]:
@@ -141,32 +146,42 @@ class MAMBALearner(Learner):
 
     def model_step(self, step: int, gossip: VectorGossip) -> None:
         """Train the world model, then the actor-critic in imagination, then average the weights with the neighbours."""
-        cfg = self.settings
-        if len(self.buffer) < cfg.sequence_length:
+        if len(self.buffer) < self.settings.sequence_length:
             return
-        clock = self.ctx.clock
+        stats = self.train_phase()
+        with self.ctx.clock("gossip"):
+            disagreement, parameter_bytes = self.average_weights(gossip)
+        self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
+                                parameter_bytes=parameter_bytes,
+                                message_bytes_per_step=8 * self.message_size * self.slots)
+
+    def train_phase(self) -> dict[str, float]:
+        """`model_updates` world-model steps, then `policy_updates` rounds of imagination + PPO; returns the
+        last round's statistics (the columns of the `mamba` table that do not concern the averaging)."""
+        cfg, clock = self.settings, self.ctx.clock
         with clock("model"):
             for _ in range(cfg.model_updates):
                 batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
                 model_stats = self.model.update(batch, self.model_optimizer, self.graph, self.generator)
         with clock("imagination"):
             for _ in range(cfg.policy_updates):
-                batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
+                batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
                 imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
-                                              self.generator)
+                                              self.generator, starts=imagination_starts(batch.is_first, cfg.burn_in))
+                rewards = imagined.rewards
+                if cfg.imagined_reward == "neighbourhood":  # MAMBA: the mean of the agents' predicted rewards
+                    valid = imagined.valid.to(rewards.dtype)
+                    rewards = (imagined.member_rewards * valid).sum(-1) / valid.sum(-1)
                 ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0],
-                                                imagined.rewards, imagined.continues)
+                                                rewards, imagined.continues)
                 ppo_stats = self.ppo.update(ppo_batch, self.generator)
-        with clock("gossip"):
-            disagreement, parameter_bytes = self.average_weights(gossip)
-        self.ctx.records.append(
-            "mamba", step=step, reconstruction=model_stats["reconstruction"], reward_loss=model_stats["reward"],
-            discount_loss=model_stats["discount"], kl=model_stats["kl"],
-            action_prediction=model_stats["action_prediction"], model_loss=model_stats["total"],
-            policy_loss=ppo_stats["policy_loss"], value_loss=ppo_stats["value_loss"], entropy=ppo_stats["entropy"],
-            imagined_reward=float(imagined.rewards.mean()), real_reward=float(batch.reward.mean()),
-            disagreement=disagreement, parameter_bytes=parameter_bytes,
-            message_bytes_per_step=8 * self.message_size * self.slots)
+        return {"reconstruction": model_stats["reconstruction"], "reward_loss": model_stats["reward"],
+                "discount_loss": model_stats["discount"], "kl": model_stats["kl"],
+                "action_prediction": model_stats["action_prediction"], "model_loss": model_stats["total"],
+                **{key: ppo_stats[key] for key in ("policy_loss", "value_loss", "entropy", "approx_kl",
+                                                   "clip_fraction", "returns_mean")},
+                "imagined_reward": float(rewards.mean()), "real_reward": float(batch.reward.mean()),
+                "imagined_starts": float(imagined.valid.shape[0])}
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
@@ -190,7 +205,8 @@ class MAMBALearner(Learner):
         return {
             "model": self.model.state_dict(), "model_optimizer": self.model_optimizer.state_dict(),
             "ppo": self.ppo.state_dict(), "buffer": self.buffer.state_dict(),
-            "generator": self.generator.get_state(), "warmup_rng": self.warmup_rng.bit_generator.state,
+            "generator": self.generator.get_state(), "eval_generator": self.eval_generator.get_state(),
+            "warmup_rng": self.warmup_rng.bit_generator.state,
             "copies": {name: _copy_state(copy) for name, copy in self.copies.items()},
             "pending": [[first, *messages] for first, messages in self.pending],
         }
@@ -201,11 +217,21 @@ class MAMBALearner(Learner):
         self.ppo.load_state_dict(state["ppo"])
         self.buffer.load_state_dict(state["buffer"])
         self.generator.set_state(state["generator"])
+        self.eval_generator.set_state(state["eval_generator"])
         self.warmup_rng.bit_generator.state = state["warmup_rng"]
         self.copies = {name: ActingCopy(RSSMState(saved["h"], saved["z"]), int(saved["action"]),
                                         NeighbourMessages(*saved["messages"]), bool(saved["first"]))
                        for name, saved in state["copies"].items()}
         self.pending = deque((bool(item[0]), NeighbourMessages(*item[1:])) for item in state["pending"])
+
+
+def imagination_starts(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
+    """Rows of replayed windows (T, B) whose posterior state has a true history: row t of a window is
+    filtered from the zero state at row 0, which is the acting agent's state only where an episode starts
+    at or before t inside the window (row 0 included); other rows qualify once the window has filtered
+    `burn_in` steps (t >= burn_in). burn_in = 0 keeps every row (MAMBA)."""
+    rows = torch.arange(is_first.shape[0]).unsqueeze(1)
+    return (rows >= burn_in) | is_first.cummax(0).values
 
 
 def _copy_state(copy: ActingCopy) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class ODMARLearner(SACLearner):
         self.holdout_count = 0
         self.observed = 0
         self.residual = float("nan")
+        self.starts_rng = np.random.default_rng(ctx.seed("starts"))
 
     def observe(self, transition: Transition) -> None:
         """Store the transition and feed the model's statistics, holding out every n-th to measure its error."""
@@ -90,7 +91,7 @@ class ODMARLearner(SACLearner):
         stats = {"bonus_mean": float("nan"), "std_mean": float("nan"), "reward_mean": float("nan")}
         if self.model.has_posterior:
             with clock("imagination"):
-                starts = self.real.sample_states(cfg.rollout_batch)
+                starts = self.imagination_starts()
                 batch, stats = imagine_rollouts(self.predict_next_state, self.ctx.world.reward_fn, self.sac, starts,
                                                 cfg.rollout_length, cfg.beta)
                 self.imagined.add_batch(*batch)
@@ -98,6 +99,19 @@ class ODMARLearner(SACLearner):
         self.ctx.records.append("model", step=step, consensus_rounds=result.rounds, consensus_residual=self.residual,
                                 holdout_rmse=holdout_rmse, bonus_mean=stats["bonus_mean"], std_mean=stats["std_mean"],
                                 imagined_reward_mean=stats["reward_mean"], posterior_failed=float(failed))
+
+    def imagination_starts(self) -> torch.Tensor:
+        """Start states of the imagined rollouts, (rollout_batch, obs_dim): a share `model.uniform_starts` drawn
+        uniformly over the world, the rest from the real buffer. Uniform starts let the critic learn the value
+        of places the agent's own data never came near (the reward function is known, and the GP's linear
+        kernel term extrapolates the dynamics); docs/architecture.md, "Departures"."""
+        cfg, world = self.ctx.cfg.model, self.ctx.world
+        n_uniform = round(cfg.uniform_starts * cfg.rollout_batch)
+        uniform = torch.as_tensor(self.starts_rng.uniform(world.obs_low, world.obs_high, (n_uniform, world.obs_dim)),
+                                  dtype=torch.float32, device=self.ctx.device)
+        if n_uniform == cfg.rollout_batch:
+            return uniform
+        return torch.cat([self.real.sample_states(cfg.rollout_batch - n_uniform), uniform])
 
     def fit_posterior(self, summed: np.ndarray, step: int) -> bool:
         """Form the posterior from summed statistics; on failure keep the previous one, say so, return False."""
@@ -155,7 +169,8 @@ class ODMARLearner(SACLearner):
         state = super().state_dict()
         state.update(imagined=self.imagined.state_dict(), model=self.model.state_dict(),
                      holdout={"x": self.holdout_x.copy(), "y": self.holdout_y.copy(), "count": self.holdout_count},
-                     observed=self.observed, residual=self.residual)
+                     observed=self.observed, residual=self.residual,
+                     starts_rng=self.starts_rng.bit_generator.state)
         if self.posterior_statistics is not None:
             state["posterior_statistics"] = self.posterior_statistics
         return state
@@ -169,6 +184,7 @@ class ODMARLearner(SACLearner):
         self.holdout_count = int(state["holdout"]["count"])
         self.observed = int(state["observed"])
         self.residual = float(state["residual"])
+        self.starts_rng.bit_generator.state = state["starts_rng"]
         if "posterior_statistics" in state:
             # Refitting from the same summed statistics rebuilds the posterior bit for bit.
             self.posterior_statistics = np.asarray(state["posterior_statistics"])

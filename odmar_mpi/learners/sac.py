@@ -25,9 +25,9 @@ def require_finite(quantity: str, values: Any, rank: int, step: int) -> None:
 
 
 def build_sac(cfg: Any, world: Any, device: torch.device | str, seed: int) -> SAC:
-    """The agent's SAC for `world` (observations scaled by the world's extent), as the learner and the
-    report's animation both build it, so a checkpoint's state fits either."""
-    obs_scale = float(np.max(np.abs(np.concatenate([world.obs_low, world.obs_high]))))
+    """The agent's SAC for `world` (observations divided by `sac.obs_scale`, 0 = the world's extent), as the
+    learner and the report's animation both build it, so a checkpoint's state fits either."""
+    obs_scale = cfg.sac.obs_scale or float(np.max(np.abs(np.concatenate([world.obs_low, world.obs_high]))))
     return SAC(world.obs_dim, world.act_dim, cfg.sac, device, seed=seed, obs_scale=obs_scale)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from odmar_mpi.settings import check_settings, setting
 
 COMMUNICATION = ("neighbours", "self")
+IMAGINED_REWARD = ("own", "neighbourhood")
 
 
 @dataclass
@@ -23,6 +24,17 @@ class MambaConfig:
     sequence_length: int = setting(20, "Steps per replayed sequence (MAMBA SEQ_LENGTH).", unit="steps", low=1)
     buffer_size: int = setting(100_000, "Replay capacity in steps (preallocated; MAMBA: 250000-500000; about 4.5 KB "
                                         "per step at MAMBA's sizes with 4 neighbours).", unit="steps", low=1)
+    imagine_batch_size: int = setting(0, "Replayed windows per imagination + PPO update; 0 = batch_size (MAMBA "
+                                         "BATCH_SIZE). Starts = windows x rows kept by burn_in.",
+                                      unit="sequences", low=0)
+    burn_in: int = setting(0, "Imagination starts only from rows whose posterior has filtered at least this many "
+                              "steps of the window, or whose episode started inside the window (a window starts "
+                              "from the zero state, which the acting agent never has mid-episode); 0 = every row "
+                              "(MAMBA).", unit="steps", low=0)
+    imagined_reward: str = setting("own", "What the actor-critic maximises in imagination: 'own' (the agent's "
+                                          "predicted reward, the reward it observes) or 'neighbourhood' (the mean of "
+                                          "the reward head over the imagined neighbourhood, MAMBA's team mean).",
+                                   choices=IMAGINED_REWARD)
     communication: str = setting("neighbours", "What the communication block attends over: 'neighbours' (self and "
                                                "graph neighbours) or 'self' (the ablation without communication).",
                                  choices=COMMUNICATION)

@@ -88,6 +88,7 @@ class Imagination(NamedTuple):
     rewards: Tensor  # (H, n) predicted reward of member 0 after its action at step t
     continues: Tensor  # (H, n) predicted probability that member 0's episode goes on after step t
     valid: Tensor  # (n, M) bool
+    member_rewards: Tensor  # (H, n, M) the reward head read at every member's [z_t, h_{t+1}] (MAMBA averages these)
 
 
 def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Sequence[int]]) -> LocalGraph:
@@ -210,10 +211,15 @@ class RSSM(nn.Module):
                          torch.zeros(*batch_shape, self.config.stochastic, device=device))
 
     def sample(self, logits: Tensor, generator: torch.Generator) -> Tensor:
-        """logits (..., C * K) -> one-hot sample (..., C * K) whose gradient is that of the probabilities."""
+        """logits (..., C * K) -> one-hot sample (..., C * K) whose gradient is that of the probabilities.
+
+        Each categorical is drawn by inverting its CDF at one uniform number (the first class whose cumulative
+        probability reaches u): exact, and several times faster on CPU than torch.multinomial, which spent
+        ~40% of an imagination with 32 x 32 latents drawing exponentials."""
         probs = logits.unflatten(-1, (self.config.n_categoricals, self.config.n_classes)).softmax(-1)
-        flat = probs.detach().reshape(-1, self.config.n_classes)
-        indices = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+        cumulative = probs.detach().cumsum(-1)
+        u = torch.rand(cumulative.shape[:-1] + (1,), generator=generator, device=logits.device, dtype=probs.dtype)
+        indices = (cumulative < u * cumulative[..., -1:]).sum(-1).clamp(max=self.config.n_classes - 1)
         return (F.one_hot(indices, self.config.n_classes).to(probs.dtype) + probs - probs.detach()).flatten(-2)
 
     def latent_indices(self, z: Tensor) -> Tensor:
@@ -396,18 +402,24 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def imagine(self, batch: Any, policy: Callable[[Tensor], Tensor], graph: LocalGraph,
-                generator: torch.Generator) -> Imagination:
-        """Imagine agent i's neighbourhood `config.horizon` steps from every row of a replayed batch (n = T * B starts):
-        agent i starts from its posterior state, each neighbour from the (h, z) it sent at that step;
-        every member acts with `policy(features (n, M, F)) -> (n, M) long`."""
+                generator: torch.Generator, starts: Tensor | None = None) -> Imagination:
+        """Imagine agent i's neighbourhood `config.horizon` steps from the rows of a replayed batch (every row:
+        n = T * B starts; or the rows where `starts` (T, B) bool is True, in row-major order): agent i starts
+        from its posterior state, each neighbour from the (h, z) it sent at that step; every member acts with
+        `policy(features (n, M, F)) -> (n, M) long`."""
         seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
                                  NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
                                  graph, generator)
         start = RSSMState(torch.cat([seen.h.unsqueeze(-2), batch.nb_h], -2).flatten(0, 1),
                           torch.cat([seen.z.unsqueeze(-2), self.rssm.latents(batch.nb_latent)], -2).flatten(0, 1))
         valid = with_self(batch.nb_valid).flatten(0, 1)
+        if starts is not None:
+            rows = starts.flatten()
+            start, valid = RSSMState(start.h[rows], start.z[rows]), valid[rows]
         states, actions = self.rssm.imagine(start, policy, self.config.horizon, attention_mask(valid, graph.adjacency),
                                             graph.member_ids, generator)
-        own = torch.cat([states.z[:-1, :, 0], states.h[1:, :, 0]], -1)  # [z_t, h_{t+1}] of member 0
-        return Imagination(features(states), actions, self.reward(own).squeeze(-1),
-                           torch.sigmoid(self.discount(own)).squeeze(-1), valid)
+        transitions = torch.cat([states.z[:-1], states.h[1:]], -1)  # [z_t, h_{t+1}] of every member
+        member_rewards = self.reward(transitions).squeeze(-1)
+        own = transitions[:, :, 0]
+        return Imagination(features(states), actions, member_rewards[..., 0],
+                           torch.sigmoid(self.discount(own)).squeeze(-1), valid, member_rewards)

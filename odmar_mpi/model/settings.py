@@ -26,6 +26,10 @@ class ModelConfig:
     rollout_batch: int = setting(256, "Imagined rollouts started per model update.", low=1)
     rollout_length: int = setting(2, "Imagined steps per rollout.", unit="steps", low=1)
     imagined_keep: int = setting(5, "Model updates whose imagined data stay in the imagined buffer.", low=1)
+    uniform_starts: float = setting(0.0, "Share of imagined rollouts that start from a state drawn uniformly over the "
+                                         "world instead of from the real buffer (so the critic learns the value of "
+                                         "places the agent's own data never reached; the original: 0).",
+                                    low=0, high=1)
 
     def __post_init__(self) -> None:
         check_settings(self, "model.")

@@ -46,8 +46,8 @@ class SAC:
         init_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
         init_generator = torch.Generator().manual_seed(int(init_seed))
         hidden = tuple(config.hidden)
-        self.actor = Actor(obs_dim, act_dim, hidden, init_generator).to(self.device)
-        self.critic = TwinCritic(obs_dim, act_dim, hidden, init_generator).to(self.device)
+        self.actor = Actor(obs_dim, act_dim, hidden, init_generator, config.init).to(self.device)
+        self.critic = TwinCritic(obs_dim, act_dim, hidden, init_generator, config.init).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
         # fused: one kernel per parameter instead of ~10 (measured 0.3 ms vs 1.3 ms per step on 1 CPU thread).

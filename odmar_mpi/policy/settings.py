@@ -26,6 +26,11 @@ class SACConfig:
     updates_per_step: int = setting(10, "SAC updates per environment step after warm-up.", low=1)
     real_ratio: float = setting(0.0, "Share of real transitions per batch (at least one is always real).",
                                 low=0, high=1)
+    obs_scale: float = setting(0.0, "Observations are divided by this before entering the networks; 0 = the "
+                                    "world's extent (positions in [-1, 1]); 1 = raw, as the original.", low=0)
+    init: str = setting("fan_in", "Initialisation of actor and critics: 'fan_in' (PyTorch's default, weights and "
+                                  "biases uniform in +-1/sqrt(fan_in)) or 'xavier' (the original's: Xavier-uniform "
+                                  "weights, zero biases).", choices=("fan_in", "xavier"))
 
     def __post_init__(self) -> None:
         check_settings(self, "sac.")
@@ -60,6 +65,9 @@ class PPOConfig:
                                          "1e-4).", low=0, low_open=True)
     grad_clip: float = setting(100.0, "Gradient-norm clip of actor and critic steps, before Adam (MAMBA "
                                       "GRAD_CLIP_POLICY).", low=0, low_open=True)
+    evaluation: str = setting("argmax", "How the actor acts in evaluations: 'argmax' (the most probable action) or "
+                                        "'sample' (drawn from the policy, as MAMBA's controller always acts).",
+                              choices=("argmax", "sample"))
     rollout_steps: int = setting(500, "IPPO only: real steps collected per PPO update (on-policy).", unit="steps",
                                  low=1)
 
