@@ -148,11 +148,13 @@ def write_report(results: Path, doc: Path, title: str, notes: str) -> str:
         raise click.ClickException(f"no results in {results}")
     with_optimum = all(math.isfinite(s["optimal_team_return"] or math.nan) for runs in grid.values() for s in runs)
     unit = "share of the optimum" if with_optimum else "team return"
+    # steps to a share of the optimum only where there is one (a coupled world such as simple_spread has none)
+    reach_header = " median steps to 90% / 95% / 98% |" if with_optimum else ""
     lines = [f"# {title}", "", notes.strip(), "",
              f"Final {unit} per setting: interquartile mean (IQM) over seeds with a 95% bootstrap confidence "
              "interval, and every seed's own value.", "",
-             "| setting | seeds | IQM | 95% CI | per seed | random policy | median steps to 90% / 95% / 98% | wall time per run |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| setting | seeds | IQM | 95% CI | per seed | random policy |{reach_header} wall time per run |",
+             "|---|---|---|---|---|---|" + "---|" * bool(reach_header) + "---|"]
     fmt = (lambda v: f"{100 * v:.1f}%") if with_optimum else (lambda v: f"{v:.1f}")
     for name, runs in grid.items():
         values = np.array([metric(s) for s in runs])
@@ -161,17 +163,20 @@ def write_report(results: Path, doc: Path, title: str, notes: str) -> str:
         random_text = (f"{np.mean([r / s['optimal_team_return'] for r, s in zip(random_returns, runs)]) * 100:.0f}%"
                        if with_optimum and random_returns else
                        (f"{np.mean(random_returns):.1f}" if random_returns else "n/a"))
-        reach = []
-        for share in SHARES:
-            steps = [s["steps_to_share"].get(share) for s in runs]
-            steps = [t - s["warmup_steps"] if t is not None else math.inf for t, s in zip(steps, runs)]
-            median = float(np.median(steps))
-            reach.append("never" if not math.isfinite(median) else f"{median:.0f}")
+        reach_text = ""
+        if with_optimum:
+            reach = []
+            for share in SHARES:
+                steps = [s["steps_to_share"].get(share) for s in runs]
+                steps = [t - s["warmup_steps"] if t is not None else math.inf for t, s in zip(steps, runs)]
+                median = float(np.median(steps))
+                reach.append("never" if not math.isfinite(median) else f"{median:.0f}")
+            reach_text = f" {' / '.join(reach)} |"
         walls = [s["wall_seconds"] for s in runs if s["wall_seconds"]]
         wall = f"{np.median(walls) / 60:.0f} min" if walls else "n/a"
         per_seed = ", ".join(f"{fmt(v)} (s{Path(s['run']).name.removeprefix('seed')})" for v, s in zip(values, runs))
         lines.append(f"| {name} | {len(runs)} | {fmt(iqm(values))} | [{fmt(low)}, {fmt(high)}] | {per_seed} | "
-                     f"{random_text} | {' / '.join(reach)} | {wall} |")
+                     f"{random_text} |{reach_text} {wall} |")
     plot = doc.with_suffix(".png")
     if _plot(grid, plot, unit):
         lines += ["", f"![learning curves]({plot.name})", "",
