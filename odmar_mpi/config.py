@@ -258,7 +258,9 @@ def validate_world(cfg: Config, ranks: int) -> None:
         fits = [name for name, discrete in DISCRETE_ACTIONS.items() if discrete == discrete_world]
         raise ConfigError(f"run.algorithm = {algorithm!r} acts with {other} actions but env.world = {world!r} takes "
                           f"{kind} ones; choose run.algorithm from {', '.join(fits)} for this world"
-                          + ("" if discrete_world else f", or env.world = {REWARD_COLLECTION!r}") + ".")
+                          + (f", or env.world = {REWARD_COLLECTION!r}" if discrete_world
+                             else f", or a world with discrete actions: env.world = {', '.join(map(repr, WORLD_PACKAGES))}")
+                          + ".")
 
 
 def explain() -> str:

@@ -124,8 +124,9 @@ def check_value(key: str, value: Any, spec: Spec) -> None:
     if spec.choices is not None:
         options = spec.options()
         if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1, cutoff=0.6)
             raise SettingError(f"{key} = {value!r} is not allowed; choose one of {', '.join(options)}."
-                               f"{did_you_mean(str(value), options)}")
+                               + (f" Did you mean '{close[0]}'?" if close else ""))
         return
     if isinstance(value, list) and not value:
         raise SettingError(f"{key} = []: give at least one value, each {spec.allowed()}.")
