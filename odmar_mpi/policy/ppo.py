@@ -36,7 +36,8 @@ def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Sequential:
 
 
 class Actor(nn.Module):
-    """MLP from the agent's own features (..., in_dim) to logits (..., n_actions); orthogonal init as MAMBA."""
+    """MLP from the agent's own features (..., in_dim) to logits (..., n_actions); orthogonal init as MAMBA, the
+    output layer's weights scaled by `actor_output_gain` and its bias zero."""
 
     def __init__(self, in_dim: int, n_actions: int, config: PPOConfig, seed: int) -> None:
         super().__init__()
@@ -46,6 +47,11 @@ class Actor(nn.Module):
             for parameter in self.parameters():
                 if parameter.dim() >= 2:
                     nn.init.orthogonal_(parameter)
+            with torch.no_grad():
+                # a zero output bias: no action is preferred in every state alike (with weights shared by the
+                # agents, such a preference drives them all the same way); a small gain starts near uniform
+                self.net[-1].weight.mul_(config.actor_output_gain)
+                self.net[-1].bias.zero_()
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features)

@@ -46,6 +46,11 @@ class PPOConfig:
     critic_hidden: int = setting(256, "Critic embedding, attention and head width (MAMBA HIDDEN); a multiple of "
                                       "critic_heads.", unit="units", low=1)
     critic_heads: int = setting(8, "Attention heads of the critic (MAMBA: 8).", low=1)
+    actor_output_gain: float = setting(1.0, "Factor on the actor's orthogonally initialised output weights (MAMBA: "
+                                            "1; the output bias starts at zero); 0.01 starts near the uniform "
+                                            "policy (Andrychowicz et al. 2021), where 1 gives each state a strong "
+                                            "arbitrary preference.",
+                                       low=0, low_open=True)
     actor_lr: float = setting(5e-4, "Actor Adam learning rate (MAMBA ACTOR_LR).", low=0, low_open=True,
                               aliases=("lr", "learning_rate"))
     actor_weight_decay: float = setting(1e-5, "Actor Adam weight decay (MAMBA: 1e-5).", low=0)
