@@ -6,7 +6,7 @@ warm-up 250, 1000 training steps, eval_every 250 and E = 10 the final evaluation
 episodes this prints, per seed, the expected return of uniformly random actions (mean over 20 draws) and of
 a hand-made policy (agent k steers to landmark k: the scale of what learning can reach).
 
-    python docs/mamba/paired_reference.py --first 50 --episodes 10 --seeds 0-4
+    python benchmarks/mamba_paired_reference.py --first 50 --episodes 10 --seeds 0-4
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.learning import parse_seeds  # noqa: E402
 from env.coupled import episode_seed, make_coupled_env  # noqa: E402
 
 N_AGENTS, LENGTH, DRAWS = 3, 25, 20
@@ -57,11 +58,10 @@ def landmark_k(agent: int, obs: np.ndarray, rng: None) -> int:
 @click.command()
 @click.option("--first", default=50, show_default=True, help="Index of the final evaluation's first episode.")
 @click.option("--episodes", default=10, show_default=True, help="Episodes per evaluation (run.eval_episodes).")
-@click.option("--seeds", default="0-4", show_default=True, help="Seeds, e.g. 0-4.")
+@click.option("--seeds", default="0-4", show_default=True, help="Seeds, e.g. 0-4 or 0,2.")
 def main(first: int, episodes: int, seeds: str) -> None:
-    low, high = map(int, seeds.split("-"))
     window = range(first, first + episodes)
-    for seed in range(low, high + 1):
+    for seed in parse_seeds(seeds):
         random = np.mean([team_return(seed, window, uniform, np.random.default_rng(d)) for d in range(DRAWS)])
         print(f"seed {seed}: episodes {first}-{first + episodes - 1}: random {random:.1f}, "
               f"landmark-k policy {team_return(seed, window, landmark_k, None):.1f}")
