@@ -51,10 +51,8 @@ class IPPOLearner(Learner):
             return np.asarray((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
         x = torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0)
         if mode == "explore":
-            return np.asarray(int(self.ppo.actor.sample(x, self.generator)[0]))
-        if self.ctx.cfg.ppo.evaluation == "sample":
-            return np.asarray(int(self.ppo.actor.sample(x, self.eval_generator)[0]))
-        return np.asarray(int(self.ppo.actor(x)[0].argmax()))
+            return np.asarray(self.ppo.actor.act(x, self.generator, greedy=False))
+        return np.asarray(self.ppo.actor.act(x, self.eval_generator, greedy=self.ctx.cfg.ppo.evaluation == "argmax"))
 
     def observe(self, transition: Transition) -> None:
         if self.on_policy.popleft():

@@ -109,10 +109,9 @@ class MAMBALearner(Learner):
                                                    torch.tensor([copy.first]), self.graph, generator)
         if mode in ("warmup", "random"):
             action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
-        elif mode == "explore" or self.ctx.cfg.ppo.evaluation == "sample":
-            action = int(self.ppo.actor.sample(features(state), generator)[0])
         else:
-            action = int(self.ppo.actor(features(state))[0].argmax())
+            greedy = mode != "explore" and self.ctx.cfg.ppo.evaluation == "argmax"
+            action = self.ppo.actor.act(features(state), generator, greedy)
         if copy is self.copies["train"]:
             self.pending.append((copy.first, self.no_messages()))
         copy.state, copy.action, copy.first = state, action, False
@@ -166,8 +165,10 @@ class MAMBALearner(Learner):
         with clock("imagination"):
             for _ in range(cfg.policy_updates):
                 batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
+                # burn_in = 0 keeps every row: no mask, no copy of the start states
+                starts = imagination_starts(batch.is_first, cfg.burn_in) if cfg.burn_in else None
                 imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
-                                              self.generator, starts=imagination_starts(batch.is_first, cfg.burn_in))
+                                              self.generator, starts=starts)
                 rewards = imagined.rewards
                 if cfg.imagined_reward == "neighbourhood":  # MAMBA: the mean of the agents' predicted rewards
                     valid = imagined.valid.to(rewards.dtype)

@@ -62,6 +62,11 @@ class Actor(nn.Module):
         probs = self.net(features).softmax(-1)
         return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
 
+    @torch.no_grad()
+    def act(self, features: Tensor, generator: torch.Generator, greedy: bool) -> int:
+        """One action at features (1, in_dim): the most probable (greedy) or drawn from the policy."""
+        return int(self.net(features)[0].argmax()) if greedy else int(self.sample(features, generator)[0])
+
 
 class Critic(nn.Module):
     """MAMBA's AugmentedCritic restricted to a set: ReLU(Linear) embedding of each member's features, one
