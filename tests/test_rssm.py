@@ -310,3 +310,24 @@ def test_world_model_reads_a_sampled_sequence_batch() -> None:
                    torch.randn(2, CONFIG.deterministic, generator=g), [True, True])
     terms = model().loss(buffer.sample(3, 8), TRIANGLE, torch.Generator().manual_seed(0))
     assert math.isfinite(float(terms["total"].detach()))
+
+
+def test_categorical_samples_follow_the_softmax_and_pass_its_gradient() -> None:
+    """Each categorical of z is drawn with the softmax's class frequencies (a sampler off by one class, or
+    drawing one number for all categoricals, fails), as one-hot rows whose gradient is the probabilities'."""
+    rssm = model().rssm
+    c, k, n = CONFIG.n_categoricals, CONFIG.n_classes, 20000
+    logits = torch.randn(c * k, generator=torch.Generator().manual_seed(1)) * 2
+    samples = rssm.sample(logits.expand(n, -1), torch.Generator().manual_seed(2)).unflatten(-1, (c, k))
+    samples = samples.detach().round()  # one-hot + (p - p): exact up to round-off
+    assert torch.equal(samples.sum(-1), torch.ones(n, c))  # one-hot per categorical
+    probs = logits.unflatten(-1, (c, k)).softmax(-1)
+    torch.testing.assert_close(samples.mean(0), probs, atol=4 * math.sqrt(0.25 / n), rtol=0)
+    first, second = samples[:, 0].argmax(-1), samples[:, 1].argmax(-1)
+    assert not torch.equal(first, second)  # categoricals are drawn independently
+    leaf = logits.clone().requires_grad_(True)
+    weights = torch.randn(c * k)
+    (rssm.sample(leaf, torch.Generator().manual_seed(3)) * weights).sum().backward()
+    reference = logits.clone().requires_grad_(True)
+    (reference.unflatten(-1, (c, k)).softmax(-1).flatten() * weights).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad)
