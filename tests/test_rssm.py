@@ -323,8 +323,9 @@ def test_categorical_samples_follow_the_softmax_and_pass_its_gradient() -> None:
     assert torch.equal(samples.sum(-1), torch.ones(n, c))  # one-hot per categorical
     probs = logits.unflatten(-1, (c, k)).softmax(-1)
     torch.testing.assert_close(samples.mean(0), probs, atol=4 * math.sqrt(0.25 / n), rtol=0)
-    first, second = samples[:, 0].argmax(-1), samples[:, 1].argmax(-1)
-    assert not torch.equal(first, second)  # categoricals are drawn independently
+    # independent categoricals: one uniform number shared by all would make their classes comonotone
+    classes = samples.argmax(-1).double()
+    assert torch.corrcoef(classes[:, :2].T)[0, 1].abs() < 0.05
     leaf = logits.clone().requires_grad_(True)
     weights = torch.randn(c * k)
     (rssm.sample(leaf, torch.Generator().manual_seed(3)) * weights).sum().backward()
