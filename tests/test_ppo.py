@@ -1,4 +1,5 @@
-"""PPO (shared by MAMBA and IPPO) against closed forms and a bandit; the sequence replay's windows and state.
+"""PPO (shared by MAMBA and IPPO) against closed forms and a bandit; IPPO's time-limit bootstrap; the sequence
+replay's windows and state.
 
 Tolerances: closed forms in float64 agree to 1e-12 (a handful of operations on O(1) numbers); float32
 module outputs compared with themselves must be bit-identical.
@@ -8,9 +9,12 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 import torch
 
+from odmar_mpi.learners.base import Transition
+from odmar_mpi.learners.ippo import truncation_bootstrapped_rewards
 from odmar_mpi.policy.ppo import PPO, Critic, PPOConfig, clipped_policy_loss, lambda_returns
 from odmar_mpi.policy.sequences import SequenceBuffer
 
@@ -170,3 +174,21 @@ def test_critic_is_member_zeros_row_of_a_transformer_encoder_layer() -> None:
     x = torch.relu(critic.embed(features))
     expected = critic.head(torch.relu(layer(x, src_key_padding_mask=~valid.expand(7, 3))[:, 0])).squeeze(-1)
     torch.testing.assert_close(critic(features, valid), expected, atol=1e-6, rtol=0)  # float32 op order only
+
+
+def test_time_limit_bootstraps_with_the_value_of_the_state_it_cut_off_and_termination_does_not() -> None:
+    critic = Critic(2, TINY, seed=0)
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(5, 2, generator=g).numpy()
+
+    def step(i: int, terminated: bool = False, truncated: bool = False) -> Transition:
+        return Transition(states[i], np.asarray(0), float(i + 1), states[i + 1], terminated, truncated)
+
+    # go on, cut off by the time limit, terminated, terminated while the time limit also hit
+    rollout = [step(0), step(1, truncated=True), step(2, terminated=True), step(3, terminated=True, truncated=True)]
+    rewards = truncation_bootstrapped_rewards(rollout, critic, gamma=0.9)
+    with torch.no_grad():
+        cut_off = critic(torch.as_tensor(states[2])[None, None, None, :], torch.ones(1, 1, dtype=torch.bool))[0, 0]
+    assert rewards[1] == pytest.approx(2.0 + 0.9 * float(cut_off), rel=1e-6)
+    assert abs(float(cut_off)) > 1e-3  # the bootstrap is not a no-op
+    assert rewards[[0, 2, 3]].tolist() == [1.0, 3.0, 4.0]

@@ -4,8 +4,9 @@ The actor and critic read the agent's own observation (the critic attends over i
 world model there are no neighbour features to attend to). Every `ppo.rollout_steps` steps the
 transitions gathered since the last update form one on-policy batch; the weights are then averaged with
 the neighbours exactly as MAMBA's are (`comm.parameter_rounds`), so the two differ only in the model.
-Episode ends (termination or the time limit) stop the lambda-returns: a 25-step simple_spread episode
-always ends by truncation, which is then treated as an end, as common PPO implementations for MPE do.
+Episode ends stop the lambda-returns. An end by the time limit is not an end of the task: its reward is
+bootstrapped with the critic's value of the state it cut off, r + gamma V(s'), where a termination has
+nothing after it (a 25-step simple_spread episode always ends by truncation).
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.streams import shared_seed
 
 PPO_STATS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "entropy_coef", "returns_mean")
+
+
+@torch.no_grad()
+def truncation_bootstrapped_rewards(rollout: list[Transition], critic: torch.nn.Module, gamma: float) -> torch.Tensor:
+    """Rewards (H,) of consecutive transitions, where each one cut off by the time limit (and not terminated)
+    gets gamma times the critic's value of the state it reached added: the lambda-returns stop there, but the
+    task would have gone on."""
+    rewards = torch.tensor([t.reward for t in rollout], dtype=torch.float32)
+    cut = [i for i, t in enumerate(rollout) if t.truncated and not t.terminated]
+    if cut:
+        reached = torch.as_tensor(np.stack([rollout[i].next_obs for i in cut]), dtype=torch.float32)
+        values = critic(reached[None, :, None, :], torch.ones(len(cut), 1, dtype=torch.bool))[0]
+        rewards[cut] += gamma * values
+    return rewards
 
 
 class IPPOLearner(Learner):
@@ -70,9 +85,9 @@ class IPPOLearner(Learner):
         features = torch.as_tensor(np.stack(obs), dtype=torch.float32)[:, None, None, :]  # (H + 1, B=1, M=1, F)
         ends = torch.tensor([t.terminated or t.truncated for t in rollout], dtype=torch.float32)
         with self.ctx.clock("updates"):
+            rewards = truncation_bootstrapped_rewards(rollout, self.ppo.critic, self.ctx.cfg.ppo.gamma)
             batch = self.ppo.make_batch(features, torch.ones(1, 1, dtype=torch.bool),
-                                        torch.tensor([[int(t.action)] for t in rollout]),
-                                        torch.tensor([[t.reward] for t in rollout], dtype=torch.float32),
+                                        torch.tensor([[int(t.action)] for t in rollout]), rewards.unsqueeze(-1),
                                         (1.0 - ends).unsqueeze(-1))
             stats = self.ppo.update(batch, self.generator)
         rounds = self.ctx.cfg.comm.parameter_rounds
