@@ -226,20 +226,21 @@ def validate(cfg: Config, ranks: int) -> None:
         raise ConfigError(
             f"comm.algorithm = {cfg.comm.algorithm!r} needs comm.rounds > 0 or comm.tol > 0 (or use comm.algorithm = \"finite-time\")."
         )
-    buffer_starts = cfg.model.rollout_batch - round(cfg.model.uniform_starts * cfg.model.rollout_batch)
-    if cfg.uses_model and buffer_starts > cfg.run.warmup_steps:
-        raise ConfigError(
-            f"model.rollout_batch = {cfg.model.rollout_batch} exceeds run.warmup_steps = {cfg.run.warmup_steps}: "
-            "imagination samples its start states from the real buffer; lower the batch or warm up longer"
-            + (f" (with model.uniform_starts = {cfg.model.uniform_starts:g}, {buffer_starts} come from the buffer)."
-               if cfg.model.uniform_starts else ".")
-        )
     if cfg.sac.buffer_size < cfg.sac.batch_size:
         raise ConfigError(f"sac.buffer_size = {cfg.sac.buffer_size} is smaller than sac.batch_size = {cfg.sac.batch_size}.")
     try:
-        mixing_matrix(cfg.comm.graph(ranks, cfg.run.seed), cfg.comm.weights)
+        graph = cfg.comm.graph(ranks, cfg.run.seed)
+        mixing_matrix(graph, cfg.comm.weights)
     except (TopologyError, ValueError) as err:
         raise ConfigError(f"with {ranks} ranks: {err}") from err  # comm's message names the key and the fix
+    buffer_starts = cfg.model.rollout_batch - round(cfg.model.uniform_starts * cfg.model.rollout_batch)
+    if cfg.uses_model and buffer_starts and cfg.run.warmup_steps < graph.diameter():
+        # A step's transition enters the buffer once its reward has crossed the graph (docs/architecture.md).
+        raise ConfigError(
+            f"run.warmup_steps = {cfg.run.warmup_steps} leaves the real buffer empty when imagination first draws "
+            f"start states from it: a step's transition is stored once the step's rewards have crossed the graph, "
+            f"diameter {graph.diameter()} with {ranks} ranks; warm up for at least {graph.diameter()} steps, or set "
+            "model.uniform_starts = 1.")
 
 
 def validate_world(cfg: Config, ranks: int) -> None:

@@ -145,9 +145,13 @@ def test_finite_time_needs_no_rounds_but_plain_does():
         validate(load_config(None, ["comm.rounds=0"]), ranks=4)
 
 
-def test_rollout_batch_larger_than_warmup_is_refused_before_training():
-    with pytest.raises(ConfigError, match="model.rollout_batch = 256 exceeds run.warmup_steps = 100"):
-        validate(load_config(None, ["run.warmup_steps=100"]), ranks=2)
+def test_a_warmup_shorter_than_the_graph_diameter_is_refused_and_a_large_rollout_batch_is_not():
+    # Start states are drawn with replacement: 256 rollouts from 100 warm-up steps are fine.
+    validate(load_config(None, ["run.warmup_steps=100"]), ranks=2)
+    validate(load_config(None, ["run.warmup_steps=4"]), ranks=8)  # ring of 8: diameter 4
+    with pytest.raises(ConfigError, match="run.warmup_steps = 3 leaves the real buffer empty .* diameter 4 with 8 ranks"):
+        validate(load_config(None, ["run.warmup_steps=3"]), ranks=8)
+    validate(load_config(None, ["run.warmup_steps=3", "model.uniform_starts=1"]), ranks=8)
 
 
 def test_check_prints_the_memory_estimate_and_refuses_what_cannot_fit_naming_the_knob():
