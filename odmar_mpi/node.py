@@ -258,6 +258,9 @@ class Node:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, part in self.parts().items():
             part.load_state_dict(state[name])
+        # A stop request belongs to the processes that received it and was honoured by their checkpoint; flags
+        # of ranks signalled a step later are still in flight there and would stop the resumed run at once.
+        self.step_gossip.clear(STOP)
         node = state["node"]
         self.step = int(node["step"])
         self.obs = np.asarray(node["obs"])

@@ -120,6 +120,30 @@ def test_state_round_trip_continues_the_pipeline_identically(comm):
         assert (a is None and b is None) or np.array_equal(a, b)
 
 
+@pytest.mark.mpi(min_size=2)
+def test_clearing_a_column_zeroes_it_for_every_step_in_flight_and_keeps_the_rest(comm):
+    # What a resumed run does to the stop flags of the run it continues: the steps pushed before the state
+    # was saved come out with flag 0 and their rewards intact; steps pushed afterwards are untouched.
+    n, rank = comm.Get_size(), comm.Get_rank()
+    graph = build_graph("path", n)  # diameter n - 1: up to n - 2 steps in flight
+    values = step_values(n, STEPS)
+    values[:, :, 1] = 1.0
+    straight = StepGossip(comm, graph, width=WIDTH, timeout_s=TIMEOUT_S)
+    expected = [straight.push(values[t, rank]) for t in range(STEPS)]
+    straight.free()
+    gossip = StepGossip(comm, graph, width=WIDTH, timeout_s=TIMEOUT_S)
+    saved_after = STEPS // 2
+    for t in range(saved_after):
+        gossip.push(values[t, rank])
+    gossip.clear(1)
+    got = [gossip.push(values[t, rank]) for t in range(saved_after, STEPS)]
+    gossip.free()
+    in_flight = gossip.delay
+    for k, (a, b) in enumerate(zip(expected[saved_after:], got)):
+        np.testing.assert_array_equal(b[:, 0], a[:, 0])
+        assert np.all(b[:, 1] == (0.0 if k < in_flight else 1.0)), (k, b[:, 1])
+
+
 def test_a_single_rank_gets_its_own_values_at_once():
     gossip = StepGossip(MPI.COMM_SELF, build_graph("ring", 1), width=WIDTH)
     assert gossip.delay == 0 and gossip.message_bytes == 0

@@ -75,6 +75,12 @@ class StepGossip:
         self.window[...] = window
         self.calls = int(state["calls"])
 
+    def clear(self, column: int) -> None:
+        """Zero one of the values of every step still in flight (rows not yet heard stay NaN), e.g. a flag that
+        must not outlive the process that raised it."""
+        heard = ~np.isnan(self.window[:, :, column])
+        self.window[:, :, column][heard] = 0.0
+
     def free(self) -> None:
         if self.exchange is not None:
             self.exchange.free()
