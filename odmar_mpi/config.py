@@ -234,12 +234,12 @@ def validate(cfg: Config, ranks: int) -> None:
     except (TopologyError, ValueError) as err:
         raise ConfigError(f"with {ranks} ranks: {err}") from err  # comm's message names the key and the fix
     buffer_starts = cfg.model.rollout_batch - round(cfg.model.uniform_starts * cfg.model.rollout_batch)
-    if cfg.uses_model and buffer_starts and cfg.run.warmup_steps < graph.diameter():
-        # A step's transition enters the buffer once its reward has crossed the graph (docs/architecture.md).
+    # A step's transition enters the buffer once its reward has crossed the graph (docs/architecture.md).
+    if cfg.uses_model and buffer_starts and cfg.run.warmup_steps < (diameter := graph.diameter()):
         raise ConfigError(
             f"run.warmup_steps = {cfg.run.warmup_steps} leaves the real buffer empty when imagination first draws "
             f"start states from it: a step's transition is stored once the step's rewards have crossed the graph, "
-            f"diameter {graph.diameter()} with {ranks} ranks; warm up for at least {graph.diameter()} steps, or set "
+            f"diameter {diameter} with {ranks} ranks; warm up for at least {diameter} steps, or set "
             "model.uniform_starts = 1.")
 
 
