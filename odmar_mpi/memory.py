@@ -140,8 +140,8 @@ def packed_size(num_inducing: int, out_dim: int) -> int:
 
 
 def transition_bytes(obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> int:
-    """One replay row: [obs | action | reward | next_obs | terminated | steps] in float32."""
-    return (2 * obs_dim + act_dim + 3) * F32
+    """One replay row: [obs | action | reward | next_obs | terminated] in float32."""
+    return (2 * obs_dim + act_dim + 2) * F32
 
 
 def replay_bytes(rows: int, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> int:

@@ -11,10 +11,8 @@ import torch
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
 from odmar_mpi.h5tree import read_tree, write_tree
-from odmar_mpi.model.settings import ModelConfig
 from odmar_mpi.policy import SAC, Batch, ReplayBuffer, SACConfig, concat_batches, imagine_rollouts, sample_mixed
 from odmar_mpi.policy.networks import squashed_gaussian
-from odmar_mpi.settings import SettingError
 
 OBS_DIM, ACT_DIM = 2, 2
 
@@ -218,13 +216,12 @@ def random_batch(n: int, seed: int) -> Batch:
     obs = torch.rand(n, OBS_DIM, generator=gen) * 20 - 10
     actions = torch.rand(n, ACT_DIM, generator=gen) * 2 - 1
     terminated = (torch.rand(n, generator=gen) < 0.3).float()
-    steps = torch.randint(1, 4, (n,), generator=gen).float()  # n-step transitions bootstrap gamma^steps ahead
-    return Batch(obs, actions, torch.randn(n, generator=gen), (obs + actions).clamp(-10, 10), terminated, steps)
+    return Batch(obs, actions, torch.randn(n, generator=gen), (obs + actions).clamp(-10, 10), terminated)
 
 
 def test_update_gradients_equal_each_loss_on_its_own() -> None:
     """The single backward must give the critics exactly the critic-loss gradient (TD target through
-    gamma^steps (1 - terminated)), the actor exactly the actor-loss gradient and log alpha the temperature-loss one."""
+    1 - terminated), the actor exactly the actor-loss gradient and log alpha the temperature-loss one."""
     config = SACConfig(hidden=(32, 32), init_alpha=0.5)
     sac = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=1, obs_scale=10.0)
     batch = random_batch(64, seed=2)
@@ -241,7 +238,7 @@ def test_update_gradients_equal_each_loss_on_its_own() -> None:
         next_a, next_logp = ref.actor.sample(next_obs, ref.generator)
         next_x = torch.cat([next_obs, next_a], 1)
         next_v = torch.minimum(member_q(target_w, target_b, 0, next_x), member_q(target_w, target_b, 1, next_x))
-        y = batch.rewards + config.gamma ** batch.steps * (1 - batch.terminated) * (next_v - alpha * next_logp)
+        y = batch.rewards + config.gamma * (1 - batch.terminated) * (next_v - alpha * next_logp)
     x = torch.cat([obs, batch.actions], 1)
     critic_loss = sum(((member_q(weights, biases, m, x) - y) ** 2).mean() for m in range(2))
     critic_grads = torch.autograd.grad(critic_loss, weights + biases)
@@ -327,7 +324,6 @@ def test_imagined_rollout_is_batched_and_rewards_the_predicted_state() -> None:
     assert torch.equal(model.calls[1][0], next_mean[:7]) and torch.equal(model.calls[2][0], next_mean[7:14])
     assert torch.equal(batch.obs, states) and torch.equal(batch.actions, actions)
     assert torch.equal(batch.next_obs, next_mean) and torch.equal(batch.terminated, torch.zeros(21))
-    assert torch.equal(batch.steps, torch.ones(21))
     torch.testing.assert_close(batch.rewards, distance_reward(next_mean, actions) + 0.1 * std.sum(-1))
     assert math.isclose(stats["bonus_mean"], float(0.1 * std.sum(-1).mean()), rel_tol=1e-6)  # float32 means
     assert math.isclose(stats["std_mean"], float(std.mean()), rel_tol=1e-6)
@@ -347,34 +343,6 @@ def test_bonus_grows_with_model_uncertainty_by_beta_times_summed_std() -> None:
     # float32: (r + b) - r equals b up to one ulp of |r| ~ 4 (5e-7).
     torch.testing.assert_close(uncertain.rewards - certain.rewards, expected_bonus, rtol=0, atol=2e-6)
     assert (expected_bonus > 0).all()
-
-
-@pytest.mark.parametrize("n", [2, 3, 5])
-def test_n_step_rollouts_carry_the_discounted_reward_sum_and_bootstrap_n_steps_ahead(n: int) -> None:
-    """Same policy seed, same model: the n-step batch is built from the one-step batch's rewards and states by
-    sum_{k<m} gamma^k r_{t+k}, bootstrapping from the state after step t+m-1, m = min(n, H - t)."""
-    horizon, starts, gamma = 5, torch.rand(4, OBS_DIM) * 4, 0.9
-    batches = {}
-    for steps in (1, n):
-        policy = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32), gamma=gamma), "cpu", seed=6)
-        batches[steps] = imagine_rollouts(CountingModel(0.1), distance_reward, policy, starts, horizon=horizon,
-                                          beta=0.05, return_steps=steps)[0]
-    one, multi = batches[1], batches[n]
-    assert torch.equal(one.obs, multi.obs) and torch.equal(one.actions, multi.actions)
-    rewards, next_obs = one.rewards.view(horizon, 4), one.next_obs.view(horizon, 4, OBS_DIM)
-    for t in range(horizon):
-        m = min(n, horizon - t)
-        expected = sum(gamma ** k * rewards[t + k] for k in range(m))
-        rows = slice(4 * t, 4 * t + 4)
-        torch.testing.assert_close(multi.rewards[rows], expected, rtol=1e-6, atol=1e-6)
-        assert torch.equal(multi.next_obs[rows], next_obs[t + m - 1])
-        assert torch.equal(multi.steps[rows], torch.full((4,), float(m)))
-    assert torch.equal(multi.terminated, torch.zeros(4 * horizon))
-
-
-def test_return_steps_beyond_the_rollout_is_refused() -> None:
-    with pytest.raises(SettingError, match="return_steps = 4 is longer than model.rollout_length = 3"):
-        ModelConfig(rollout_length=3, return_steps=4)
 
 
 # ---------------------------------------------------------------- learning

@@ -25,10 +25,6 @@ class ModelConfig:
     beta: float = setting(0.01, "Optimism: reward bonus beta * (sum over outputs of the predictive std).", low=0)
     rollout_batch: int = setting(256, "Imagined rollouts started per model update.", low=1)
     rollout_length: int = setting(2, "Imagined steps per rollout.", unit="steps", low=1)
-    return_steps: int = setting(1, "n of the n-step returns the critic learns from on imagined rollouts: each "
-                                   "imagined transition carries the discounted sum of up to n consecutive imagined "
-                                   "rewards and bootstraps n steps ahead (cut short at the rollout's end; at most "
-                                   "rollout_length). 1 = one-step targets, as the original.", unit="steps", low=1)
     imagined_keep: int = setting(5, "Model updates whose imagined data stay in the imagined buffer.", low=1)
     uniform_starts: float = setting(0.0, "Share of imagined rollouts that start from a state drawn uniformly over the "
                                          "world instead of from the real buffer (so the critic learns the value of "
@@ -37,12 +33,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_settings(self, "model.")
-
-    def check_rules(self, prefix: str) -> None:
-        if self.return_steps > self.rollout_length:
-            raise SettingError(f"{prefix}return_steps = {self.return_steps} is longer than {prefix}rollout_length = "
-                               f"{self.rollout_length}: a return cannot reach past the rollout's end; set it to at "
-                               f"most {self.rollout_length}.")
 
 
 @dataclass

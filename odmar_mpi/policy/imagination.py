@@ -19,7 +19,7 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_states: torch.Tensor,
-                     horizon: int, beta: float, return_steps: int = 1) -> tuple[Batch, dict[str, float]]:
+                     horizon: int, beta: float) -> tuple[Batch, dict[str, float]]:
     """Roll B start states forward `horizon` steps together through the model; return the B*H transitions.
 
     predict(states (B, d), actions (B, a)) -> (next-state mean (B, d), predictive std (B, d)) is
@@ -30,10 +30,6 @@ def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_s
     dimensions (as the original's bonus). Imagined transitions never terminate (terminated = 0).
     Transitions are ordered step by step: the B of step 0, then the B of step 1, ...
 
-    With return_steps = n > 1 the transition from step t carries the n-step return instead (n_step_returns):
-    the critic's target then reaches n rewards ahead in one backup, which is what lets its value of a distant
-    site converge within a short schedule (docs/architecture.md, "Departures").
-
     Stats (floats): bonus_mean (mean bonus), reward_mean (mean stored reward, bonus included),
     std_mean (mean predictive std over transitions and output dimensions).
     """
@@ -41,8 +37,6 @@ def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_s
         raise ValueError(f"imagine_rollouts: horizon = {horizon}; must be >= 1 (model.rollout_length)")
     if start_states.ndim != 2 or start_states.shape[0] < 1:
         raise ValueError(f"imagine_rollouts: start_states must be (B >= 1, obs_dim), got {tuple(start_states.shape)}")
-    if return_steps < 1:
-        raise ValueError(f"imagine_rollouts: return_steps = {return_steps}; must be >= 1 (model.return_steps)")
     observations, actions, rewards, next_observations, bonuses, stds = [], [], [], [], [], []
     states = start_states
     with torch.no_grad():
@@ -61,33 +55,8 @@ def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_s
             stds.append(std)
             states = next_mean
         reward = torch.cat(rewards)
-        returns, ends, steps = n_step_returns(torch.stack(rewards), torch.stack(next_observations),
-                                              policy.config.gamma, return_steps)
-        batch = Batch(torch.cat(observations), torch.cat(actions), returns.flatten(), ends.flatten(0, 1),
-                      torch.zeros_like(reward), steps.flatten())
+        batch = Batch(torch.cat(observations), torch.cat(actions), reward, torch.cat(next_observations),
+                      torch.zeros_like(reward))
         stats = {"bonus_mean": float(torch.cat(bonuses).mean()), "reward_mean": float(reward.mean()),
                  "std_mean": float(torch.cat(stds).mean())}
     return batch, stats
-
-
-def n_step_returns(rewards: torch.Tensor, next_states: torch.Tensor, gamma: float,
-                   n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """n-step returns of H-step rollouts: rewards (H, B) and next states (H, B, d) of steps 0..H-1 ->
-    returns (H, B), bootstrap states (H, B, d) and their distance in steps (H, B).
-
-    Step t spans m = min(n, H - t) steps (the rollout's end cuts the last ones short): its return is
-    sum_{k<m} gamma^k r_{t+k} and it bootstraps from the state after step t+m-1, gamma^m ahead. The
-    soft-value entropy terms of the m - 1 intermediate states are left out, as n-step SAC commonly does.
-    n = 1 returns the one-step rewards and next states unchanged.
-    """
-    horizon = rewards.shape[0]
-    returns = torch.empty_like(rewards)
-    ends = torch.empty_like(next_states)
-    steps = torch.empty_like(rewards)
-    for t in range(horizon):
-        m = min(n, horizon - t)
-        discounts = gamma ** torch.arange(m, dtype=rewards.dtype, device=rewards.device)
-        returns[t] = (discounts[:, None] * rewards[t:t + m]).sum(0) if m > 1 else rewards[t]
-        ends[t] = next_states[t + m - 1]
-        steps[t] = m
-    return returns, ends, steps

@@ -19,13 +19,12 @@ class Batch(NamedTuple):
     rewards: torch.Tensor  # (n,)
     next_obs: torch.Tensor  # (n, obs_dim)
     terminated: torch.Tensor  # (n,), 1.0 where the episode truly ended (not where it was truncated)
-    steps: torch.Tensor  # (n,), steps from obs to next_obs: 1 for a real transition, up to n for an n-step return
 
 
 class ReplayBuffer:
     """Circular transition buffer: one (capacity, width) float32 tensor on `device`, allocated once.
 
-    A row is [obs | action | reward | next_obs | terminated | steps]. When full, the oldest row is
+    A row is [obs | action | reward | next_obs | terminated]. When full, the oldest row is
     overwritten. `add` writes one transition into a small numpy staging block (no tensor per
     call); staged rows reach the device in one copy before anything reads the buffer.
     `sample` draws uniformly from the filled rows with the buffer's own generator (seeded here).
@@ -43,8 +42,7 @@ class ReplayBuffer:
         self._reward = obs_dim + act_dim
         self._next_obs = slice(obs_dim + act_dim + 1, 2 * obs_dim + act_dim + 1)
         self._terminated = 2 * obs_dim + act_dim + 1
-        self._steps = 2 * obs_dim + act_dim + 2
-        self.width = 2 * obs_dim + act_dim + 3
+        self.width = 2 * obs_dim + act_dim + 2
         self.storage = torch.zeros(self.capacity, self.width, dtype=torch.float32, device=self.device)
         self._stage = np.zeros((min(STAGE_ROWS, self.capacity), self.width), dtype=np.float32)
         self._staged = 0
@@ -57,8 +55,7 @@ class ReplayBuffer:
         return self.size
 
     def add(self, obs: Any, action: Any, reward: float, next_obs: Any, terminated: bool) -> None:
-        """Append one real (one-step) transition; obs/next_obs (obs_dim,), action (act_dim,) as numpy arrays or
-        sequences."""
+        """Append one transition; obs/next_obs (obs_dim,), action (act_dim,) as numpy arrays or sequences."""
         if self._staged == len(self._stage):
             self._flush()
         row = self._stage[self._staged]
@@ -67,28 +64,24 @@ class ReplayBuffer:
         row[self._reward] = reward
         row[self._next_obs] = next_obs
         row[self._terminated] = terminated
-        row[self._steps] = 1.0
         self._staged += 1
         self._advance(1)
 
-    def add_batch(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, next_obs: torch.Tensor,
-                  terminated: torch.Tensor, steps: torch.Tensor | None = None) -> None:
-        """Append n transitions in order: obs/next_obs (n, obs_dim), actions (n, act_dim), rewards, terminated
-        and steps (n,; None = all one-step). With n > capacity only the last `capacity` are kept."""
+    def add_batch(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+                  next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
+        """Append n transitions in order: obs/next_obs (n, obs_dim), actions (n, act_dim), rewards and
+        terminated (n,). With n > capacity only the last `capacity` are kept."""
         n = obs.shape[0]
-        if steps is None:
-            steps = torch.ones(n, device=obs.device)
         expected = {"obs": (n, self.obs_dim), "actions": (n, self.act_dim), "rewards": (n,),
-                    "next_obs": (n, self.obs_dim), "terminated": (n,), "steps": (n,)}
-        given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated,
-                 "steps": steps}
+                    "next_obs": (n, self.obs_dim), "terminated": (n,)}
+        given = {"obs": obs, "actions": actions, "rewards": rewards, "next_obs": next_obs, "terminated": terminated}
         for name, shape in expected.items():
             if tuple(given[name].shape) != shape:
                 raise ValueError(f"ReplayBuffer.add_batch: {name} has shape {tuple(given[name].shape)}, expected "
                                  f"{shape} (n = {n} transitions, obs_dim = {self.obs_dim}, act_dim = {self.act_dim})")
         self._flush()
         rows = torch.cat([t.to(self.device, torch.float32).reshape(n, -1)
-                          for t in given.values()], dim=1)
+                          for t in (obs, actions, rewards, next_obs, terminated)], dim=1)
         kept = rows[-self.capacity:]
         self._write(rows=kept, start=(self.position + n - len(kept)) % self.capacity)
         self._advance(n)
@@ -101,7 +94,7 @@ class ReplayBuffer:
         index = torch.randint(self.size, (n,), generator=self.generator, device=self.device)
         rows = self.storage.index_select(0, index)
         return Batch(rows[:, self._obs], rows[:, self._actions], rows[:, self._reward],
-                     rows[:, self._next_obs], rows[:, self._terminated], rows[:, self._steps])
+                     rows[:, self._next_obs], rows[:, self._terminated])
 
     def sample_states(self, n: int) -> torch.Tensor:
         """Observations of n uniformly drawn transitions, (n, obs_dim): start states for imagination."""

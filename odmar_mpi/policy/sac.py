@@ -81,9 +81,7 @@ class SAC:
         Returns 0-d detached tensors (no host sync here): critic_loss (sum over the two critics of
         the mean squared TD error), actor_loss, alpha_loss, alpha (used in this step), q_mean (mean
         Q of the batch over both critics), entropy (-mean log pi of the fresh actions).
-        The TD target is r + gamma^steps (1 - terminated) (min Q'(s', a') - alpha log pi(a'|s')): truncated
-        episodes still bootstrap, and an n-step transition (steps = n, r its discounted reward sum) bootstraps
-        n steps ahead.
+        The TD target bootstraps through (1 - terminated): truncated episodes still bootstrap.
         """
         cfg = self.config
         obs = batch.obs / self.obs_scale
@@ -93,7 +91,7 @@ class SAC:
         with torch.no_grad():
             next_actions, next_log_prob = self.actor.sample(next_obs, self.generator)
             next_q = self.critic_target(next_obs, next_actions).amin(0) - alpha * next_log_prob
-            td_target = batch.rewards + cfg.gamma ** batch.steps * (1.0 - batch.terminated) * next_q
+            td_target = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * next_q
         q = self.critic(obs, batch.actions)
         critic_loss = (q - td_target).square().mean(1).sum()
 

@@ -21,7 +21,7 @@ class SACConfig:
     target_entropy: float = setting(-2.0, "Entropy the temperature steers towards (the original: -act_dim).",
                                     unit="nats")
     batch_size: int = setting(256, "Transitions per SAC update.", low=1, aliases=("batch",))
-    buffer_size: int = setting(1_000_000, "Real replay buffer capacity (preallocated, 36 B per transition).",
+    buffer_size: int = setting(1_000_000, "Real replay buffer capacity (preallocated, 32 B per transition).",
                                unit="transitions", low=1, aliases=("replay_size", "capacity"))
     updates_per_step: int = setting(10, "SAC updates per environment step after warm-up.", low=1)
     real_ratio: float = setting(0.0, "Share of real transitions per batch (at least one is always real).",
