@@ -1,6 +1,6 @@
 """What one agent's critic believes, from a checkpoint: its policy's path from the start, Q at the start for a
-step towards each of the best sites, and the value V(s) = Q(s, pi(s)) at those sites (docs/learning.md, "Why
-agents still miss their best site").
+step towards each of the best sites, the value V(s) = Q(s, pi(s)) at those sites, Q there for standing still,
+and where the policy goes from each site (docs/learning.md, "Why agents still miss their best site").
 
 A converged critic gives every site of the same value the same V (an agent standing on it collects the same
 forever) and prefers the step towards the nearest one; a critic still on its way up from its initial values
@@ -50,9 +50,13 @@ def main(run_dir: Path, rank: int, step: int | None, sites: int) -> None:
     def v(state: np.ndarray) -> float:
         return float(q(state, sac.act(state, deterministic=True))[0])
 
-    path = [start]
-    for _ in range(PATH_STEPS):
-        path.append(move(path[-1], sac.act(path[-1], deterministic=True), gain))
+    def path_from(position: np.ndarray) -> list[np.ndarray]:
+        path = [position]
+        for _ in range(PATH_STEPS):
+            path.append(move(path[-1], sac.act(path[-1], deterministic=True), gain))
+        return path
+
+    path = path_from(start)
     print(f"{run_dir}, rank {rank}, step {step}: start ({start[0]:.2f}, {start[1]:.2f}); the policy's path, every 2 "
           "steps: " + " ".join(f"({x:.1f}, {y:.1f})" for x, y in path[::2]))
     own = sac.act(start, deterministic=True)
@@ -61,7 +65,9 @@ def main(run_dir: Path, rank: int, step: int | None, sites: int) -> None:
         offset = positions[j] - start
         towards = offset / np.abs(offset).max()
         print(f"  site ({positions[j][0]:g}, {positions[j][1]:g}), value {values[j]:g}, {np.linalg.norm(offset):.1f} "
-              f"away: Q(start, full step towards it) = {q(start, towards)[0]:.1f}; V at the site = {v(positions[j]):.1f}")
+              f"away: Q(start, full step towards it) = {q(start, towards)[0]:.1f}; V at the site = {v(positions[j]):.1f}, "
+              f"Q(site, stand still) = {q(positions[j], np.zeros(2))[0]:.1f}; from the site the policy is at "
+              "({:.1f}, {:.1f}) after {} steps".format(*path_from(positions[j])[-1], PATH_STEPS))
 
 
 if __name__ == "__main__":
