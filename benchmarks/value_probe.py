@@ -62,12 +62,14 @@ def main(run_dir: Path, rank: int, step: int | None, sites: int) -> None:
     own = sac.act(start, deterministic=True)
     print(f"  Q(start, pi(start)) = {q(start, own)[0]:.1f} with pi(start) = ({own[0]:.2f}, {own[1]:.2f})")
     for j in np.argsort(-values, kind="stable")[:sites]:
-        offset = positions[j] - start
+        site = positions[j]
+        offset = site - start
         towards = offset / np.abs(offset).max()
-        print(f"  site ({positions[j][0]:g}, {positions[j][1]:g}), value {values[j]:g}, {np.linalg.norm(offset):.1f} "
-              f"away: Q(start, full step towards it) = {q(start, towards)[0]:.1f}; V at the site = {v(positions[j]):.1f}, "
-              f"Q(site, stand still) = {q(positions[j], np.zeros(2))[0]:.1f}; from the site the policy is at "
-              "({:.1f}, {:.1f}) after {} steps".format(*path_from(positions[j])[-1], PATH_STEPS))
+        end = path_from(site)[-1]
+        print(f"  site ({site[0]:g}, {site[1]:g}), value {values[j]:g}, {np.linalg.norm(offset):.1f} away: "
+              f"Q(start, full step towards it) = {q(start, towards)[0]:.1f}; V at the site = {v(site):.1f}, "
+              f"Q(site, stand still) = {q(site, np.zeros(2))[0]:.1f}; from the site the policy is at "
+              f"({end[0]:.1f}, {end[1]:.1f}) after {PATH_STEPS} steps")
 
 
 if __name__ == "__main__":
