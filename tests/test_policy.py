@@ -262,38 +262,6 @@ def test_update_gradients_equal_each_loss_on_its_own() -> None:
         torch.testing.assert_close(new_target, expected, rtol=0, atol=1e-6)  # float32 lerp round-off
 
 
-def test_sampled_max_target_takes_the_better_of_soft_value_and_best_uniform_action() -> None:
-    """target_action_samples = K: V(s') = max(soft value at a' ~ pi, max over K uniform u of min_k Q'_k(s', u)),
-    replayed from an identical SAC (the policy's draw first, then the K x B uniform draws)."""
-    config = SACConfig(hidden=(32, 32), init_alpha=0.5, target_action_samples=6)
-    sac = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=4, obs_scale=10.0)
-    ref = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=4, obs_scale=10.0)
-    batch = random_batch(40, seed=5)
-    next_obs, alpha = batch.next_obs / 10.0, torch.tensor(0.5)
-    got = sac.td_target(next_obs, batch.rewards, batch.terminated, alpha)
-
-    target_w, target_b = list(ref.critic_target.weights), list(ref.critic_target.biases)
-
-    def min_q(actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([next_obs, actions], 1)
-        return torch.minimum(member_q(target_w, target_b, 0, x), member_q(target_w, target_b, 1, x))
-
-    with torch.no_grad():
-        next_a, next_logp = ref.actor.sample(next_obs, ref.generator)
-        soft = min_q(next_a) - alpha * next_logp
-        uniform = (torch.rand(6 * 40, ACT_DIM, generator=ref.generator) * 2 - 1).view(6, 40, ACT_DIM)
-        best = torch.stack([min_q(u) for u in uniform]).amax(0)
-    want = batch.rewards + config.gamma * (1 - batch.terminated) * torch.maximum(soft, best)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    # Both branches occur in this batch, so neither alone would pass.
-    assert (best > soft).any() and (soft > best).any()
-
-    plain = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32), init_alpha=0.5), "cpu", seed=4, obs_scale=10.0)
-    soft_only = plain.td_target(next_obs, batch.rewards, batch.terminated, alpha)
-    torch.testing.assert_close(soft_only, batch.rewards + config.gamma * (1 - batch.terminated) * soft,
-                               rtol=1e-5, atol=1e-5)
-
-
 def test_state_dict_resumes_updates_bit_identically() -> None:
     config = SACConfig(hidden=(32, 32))
     buffer = ReplayBuffer(1000, OBS_DIM, ACT_DIM, "cpu", seed=0)

@@ -88,7 +88,10 @@ class SAC:
         next_obs = batch.next_obs / self.obs_scale
         alpha = self.log_alpha.detach().exp()
 
-        td_target = self.td_target(next_obs, batch.rewards, batch.terminated, alpha)
+        with torch.no_grad():
+            next_actions, next_log_prob = self.actor.sample(next_obs, self.generator)
+            next_q = self.critic_target(next_obs, next_actions).amin(0) - alpha * next_log_prob
+            td_target = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * next_q
         q = self.critic(obs, batch.actions)
         critic_loss = (q - td_target).square().mean(1).sum()
 
@@ -108,30 +111,6 @@ class SAC:
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                 "alpha_loss": alpha_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean(),
                 "entropy": -mean_log_prob}
-
-    def td_target(self, next_obs: torch.Tensor, rewards: torch.Tensor, terminated: torch.Tensor,
-                  alpha: torch.Tensor) -> torch.Tensor:
-        """r + gamma (1 - terminated) V(s') for scaled next observations (B, obs_dim); no gradients.
-
-        V(s') is SAC's soft value min_k Q'_k(s', a') - alpha log pi(a'|s'), a' ~ pi. With
-        `target_action_samples` = K > 0 it is the larger of that and max over K uniform actions u of
-        min_k Q'_k(s', u): a policy-evaluation target only ever raises the value of an action by as much
-        as the current policy gains from it, so a site the policy leaves stays undervalued however long
-        standing on it would pay (docs/learning.md, "What holds them"); the optimality backup values the
-        best sampled action instead. The uniform draws come after the policy's from the same generator.
-        """
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(next_obs, self.generator)
-            next_value = self.critic_target(next_obs, next_actions).amin(0) - alpha * next_log_prob
-            samples = self.config.target_action_samples
-            if samples:
-                batch_size, obs_dim = next_obs.shape
-                uniform = torch.rand((samples * batch_size, self.act_dim), generator=self.generator,
-                                     device=self.device) * 2 - 1
-                repeated_obs = next_obs.expand(samples, batch_size, obs_dim).reshape(-1, obs_dim)
-                best = self.critic_target(repeated_obs, uniform).amin(0).view(samples, batch_size).amax(0)
-                next_value = torch.maximum(next_value, best)
-            return rewards + self.config.gamma * (1.0 - terminated) * next_value
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies): networks, targets, optimiser, log alpha and the sampling generator's state."""

@@ -28,11 +28,6 @@ class SACConfig:
                                 low=0, high=1)
     obs_scale: float = setting(0.0, "Observations are divided by this before entering the networks; 0 = the "
                                     "world's extent (positions in [-1, 1]); 1 = raw, as the original.", low=0)
-    target_action_samples: int = setting(0, "Actions drawn uniformly from [-1, 1]^act_dim at each next state of the "
-                                            "critic's target; the target's value of the next state is then the larger "
-                                            "of SAC's soft value and the best twin-minimum Q over these actions (a "
-                                            "Bellman optimality backup over sampled actions, as QT-Opt). 0 = SAC's "
-                                            "soft target, as the original.", low=0)
     init: str = setting("fan_in", "Initialisation of actor and critics: 'fan_in' (PyTorch's default, weights and "
                                   "biases uniform in +-1/sqrt(fan_in)) or 'xavier' (the original's: Xavier-uniform "
                                   "weights, zero biases).", choices=("fan_in", "xavier"))
