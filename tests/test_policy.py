@@ -345,31 +345,6 @@ def test_bonus_grows_with_model_uncertainty_by_beta_times_summed_std() -> None:
     assert (expected_bonus > 0).all()
 
 
-def test_random_rollouts_act_uniformly_and_the_rest_follow_the_policy() -> None:
-    """A share of 0.5 of 8 rollouts: rows 1, 3, 5, 7 take the uniform draws U[-1, 1] at every step, rows 0, 2, 4, 6
-    the policy's own actions, both replayed exactly from a policy with the same seed."""
-    policy = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32)), "cpu", seed=7, obs_scale=10.0)
-    model = CountingModel(std_scale=0.1)
-    batch, _ = imagine_rollouts(model, distance_reward, policy, torch.rand(8, OBS_DIM) * 4, horizon=20, beta=0.0,
-                                random_share=0.5)
-    replay = SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32)), "cpu", seed=7, obs_scale=10.0)
-    actions = batch.actions.view(20, 8, ACT_DIM)
-    for step, (states, _) in enumerate(model.calls):
-        own = replay.act_batch(states)
-        uniform = torch.rand(own.shape, generator=replay.generator) * 2 - 1
-        assert torch.equal(actions[step, 0::2], own[0::2]) and torch.equal(actions[step, 1::2], uniform[1::2])
-    random_rows = actions[:, 1::2]
-    assert random_rows.min() < -0.9 and random_rows.max() > 0.9 and abs(float(random_rows.mean())) < 0.15
-
-
-def test_no_random_rollouts_leaves_the_rollout_unchanged() -> None:
-    batches = [imagine_rollouts(CountingModel(0.1), distance_reward,
-                                SAC(OBS_DIM, ACT_DIM, SACConfig(hidden=(32, 32)), "cpu", seed=8),
-                                torch.ones(6, OBS_DIM), horizon=4, beta=0.1, **extra)[0]
-               for extra in ({}, {"random_share": 0.0})]
-    assert all(torch.equal(a, b) for a, b in zip(*batches))
-
-
 # ---------------------------------------------------------------- learning
 
 

@@ -93,7 +93,7 @@ class ODMARLearner(SACLearner):
             with clock("imagination"):
                 starts = self.imagination_starts()
                 batch, stats = imagine_rollouts(self.predict_next_state, self.ctx.world.reward_fn, self.sac, starts,
-                                                cfg.rollout_length, cfg.beta, cfg.random_rollouts)
+                                                cfg.rollout_length, cfg.beta)
                 self.imagined.add_batch(*batch)
         self.residual = result.residuals[-1] if result.residuals else 0.0
         self.ctx.records.append("model", step=step, consensus_rounds=result.rounds, consensus_residual=self.residual,

@@ -25,9 +25,6 @@ class ModelConfig:
     beta: float = setting(0.01, "Optimism: reward bonus beta * (sum over outputs of the predictive std).", low=0)
     rollout_batch: int = setting(256, "Imagined rollouts started per model update.", low=1)
     rollout_length: int = setting(2, "Imagined steps per rollout.", unit="steps", low=1)
-    random_rollouts: float = setting(0.0, "Share of imagined rollouts whose actions are uniformly random instead of "
-                                          "the policy's, so the critic learns the value of actions the policy does "
-                                          "not take (the original: 0).", low=0, high=1)
     imagined_keep: int = setting(5, "Model updates whose imagined data stay in the imagined buffer.", low=1)
     uniform_starts: float = setting(0.0, "Share of imagined rollouts that start from a state drawn uniformly over the "
                                          "world instead of from the real buffer (so the critic learns the value of "

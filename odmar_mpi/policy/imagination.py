@@ -19,7 +19,7 @@ RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_states: torch.Tensor,
-                     horizon: int, beta: float, random_share: float = 0.0) -> tuple[Batch, dict[str, float]]:
+                     horizon: int, beta: float) -> tuple[Batch, dict[str, float]]:
     """Roll B start states forward `horizon` steps together through the model; return the B*H transitions.
 
     predict(states (B, d), actions (B, a)) -> (next-state mean (B, d), predictive std (B, d)) is
@@ -30,11 +30,6 @@ def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_s
     dimensions (as the original's bonus). Imagined transitions never terminate (terminated = 0).
     Transitions are ordered step by step: the B of step 0, then the B of step 1, ...
 
-    A share `random_share` of the rollouts (round(random_share * B) of them, spread evenly over the B) act
-    uniformly at random in SAC's action space [-1, 1]^act_dim at every step instead, drawn from the policy's
-    generator: the critic then learns Q(s, a) for actions the policy does not take, such as standing still on a
-    site the policy leaves (docs/architecture.md, "Departures").
-
     Stats (floats): bonus_mean (mean bonus), reward_mean (mean stored reward, bonus included),
     std_mean (mean predictive std over transitions and output dimensions).
     """
@@ -42,18 +37,11 @@ def imagine_rollouts(predict: Predict, reward_fn: RewardFn, policy: SAC, start_s
         raise ValueError(f"imagine_rollouts: horizon = {horizon}; must be >= 1 (model.rollout_length)")
     if start_states.ndim != 2 or start_states.shape[0] < 1:
         raise ValueError(f"imagine_rollouts: start_states must be (B >= 1, obs_dim), got {tuple(start_states.shape)}")
-    if not 0.0 <= random_share <= 1.0:
-        raise ValueError(f"imagine_rollouts: random_share = {random_share}; must be in [0, 1] (model.random_rollouts)")
-    index = torch.arange(start_states.shape[0] + 1, device=start_states.device)
-    random_rows = torch.diff((index * random_share).floor()) > 0  # exactly round-down(share * B) rows, evenly spread
     observations, actions, rewards, next_observations, bonuses, stds = [], [], [], [], [], []
     states = start_states
     with torch.no_grad():
         for _ in range(horizon):
             action = policy.act_batch(states)
-            if random_share > 0:
-                uniform = torch.rand(action.shape, generator=policy.generator, device=action.device) * 2 - 1
-                action = torch.where(random_rows[:, None], uniform, action)
             next_mean, std = predict(states, action)
             if next_mean.shape != states.shape or std.shape != states.shape:
                 raise ValueError(f"imagine_rollouts: predict returned mean {tuple(next_mean.shape)} and std "
