@@ -166,7 +166,11 @@ class AgentEnv:
     Every copy built with the same (n_agents, seed, n_rewards) has the same sites and gains.
     Observations are the agent's own position (2,) float64; actions are (2,) and are clipped to
     [-1, 1]^2. Episodes end by truncation after `episode_length` steps (no terminal state).
+    `hold_action` (zero) keeps the agent where it is at no cost, and sites never deplete, so holding
+    at a position earns `reward_fn(position, hold_action)` every step, for ever.
     """
+
+    hold_action = np.zeros(ACT_DIM)
 
     def __init__(self, n_agents: int, agent_id: int, seed: int, n_rewards: int = 10,
                  action_penalty: bool = True, episode_length: int = 100):

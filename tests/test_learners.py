@@ -126,6 +126,35 @@ def test_uniform_imagination_starts_cover_the_world_and_the_rest_come_from_the_b
     np.testing.assert_allclose(spread.std(0), (world.obs_high - world.obs_low) / np.sqrt(12), rtol=0.05)
 
 
+def test_hold_floor_is_the_discounted_return_of_holding_still_in_the_world():
+    """The floor `sac.hold_floor` puts under every TD target is what holding still for ever really earns:
+    stepping the world with its hold action keeps the agent in place, collects the same reward every step,
+    and sum_t gamma^t r_t + gamma^T floor(end) = floor(start); on a 1.0-site that is 1 / (1 - gamma)."""
+    learner, world, _ = make_learner("odmar", ["sac.hold_floor=true", "sac.gamma=0.9"])
+    floor = learner.sac.value_floor
+    site = world.reward_fn.sites[np.argmax(world.reward_fn.values)]
+    between = (world.reward_fn.sites[0] + world.reward_fn.sites[1]) / 2
+    for position in (site, site + [0.3, -0.2], between, world.obs_low):
+        world.reset()
+        world.position[:] = position
+        discounted, steps = 0.0, 50
+        for t in range(steps):
+            next_obs, reward, _, _ = world.step(world.hold_action)
+            np.testing.assert_array_equal(next_obs, position)
+            discounted += 0.9**t * reward
+        value = floor(torch.tensor(np.array([position, next_obs]), dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(discounted + 0.9**steps * value[1], value[0], rtol=1e-12)
+    assert float(floor(torch.tensor(site[None], dtype=torch.float32))) == pytest.approx(world.reward_fn.values.max() / 0.1)
+    assert make_learner("odmar")[0].sac.value_floor is None
+
+
+def test_hold_floor_refuses_a_world_without_a_hold_action():
+    from odmar_mpi.learners.sac import hold_value
+
+    with pytest.raises(ValueError, match="sac.hold_floor needs a world with an action that holds the agent"):
+        hold_value(object(), 0.99)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_state_round_trip_continues_identically(algorithm):
     overrides = ["model.uniform_starts=0.5"]  # its stream is part of the state too

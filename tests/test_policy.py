@@ -262,6 +262,35 @@ def test_update_gradients_equal_each_loss_on_its_own() -> None:
         torch.testing.assert_close(new_target, expected, rtol=0, atol=1e-6)  # float32 lerp round-off
 
 
+def test_value_floor_lifts_the_td_target_where_it_is_higher_and_the_update_fits_that_target() -> None:
+    """With a floor F(s'), the target is r + gamma (1 - terminated) max(soft value of s', F(s')): rows whose
+    floor is high take it (terminal rows keep r alone), the others keep SAC's target, and the critic loss of
+    `update` is measured against exactly that target."""
+    config = SACConfig(hidden=(32, 32), init_alpha=0.5)
+    high = 1000.0
+
+    def floor(next_obs: torch.Tensor) -> torch.Tensor:
+        return torch.where(next_obs[:, 0] > 2, high, -high)  # raw coordinates (scaled ones never pass 1)
+
+    plain = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=1, obs_scale=10.0)
+    floored = SAC(OBS_DIM, ACT_DIM, config, "cpu", seed=1, obs_scale=10.0, value_floor=floor)
+    batch = random_batch(64, seed=2)
+    alpha = torch.tensor(0.5)
+    sac_target = plain.td_target(batch, alpha)
+    lifted = batch.next_obs[:, 0] > 2
+    expected = torch.where(lifted, batch.rewards + config.gamma * (1 - batch.terminated) * high, sac_target)
+    assert lifted.any() and (~lifted).any() and (lifted & (batch.terminated == 1)).any()
+    assert (sac_target.abs() < high / 10).all()  # the floor decides every row it is meant to
+    before = floored.state_dict()
+    torch.testing.assert_close(floored.td_target(batch, alpha), expected, rtol=0, atol=1e-4)
+
+    floored.load_state_dict(before)  # the same noise again, now through update()
+    with torch.no_grad():
+        q = floored.critic(batch.obs / 10.0, batch.actions)
+    stats = floored.update(batch)
+    torch.testing.assert_close(stats["critic_loss"], (q - expected).square().mean(1).sum(), rtol=1e-5, atol=0)
+
+
 def test_state_dict_resumes_updates_bit_identically() -> None:
     config = SACConfig(hidden=(32, 32))
     buffer = ReplayBuffer(1000, OBS_DIM, ACT_DIM, "cpu", seed=0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,7 +28,28 @@ def build_sac(cfg: Any, world: Any, device: torch.device | str, seed: int) -> SA
     """The agent's SAC for `world` (observations divided by `sac.obs_scale`, 0 = the world's extent), as the
     learner and the report's animation both build it, so a checkpoint's state fits either."""
     obs_scale = cfg.sac.obs_scale or float(np.max(np.abs(np.concatenate([world.obs_low, world.obs_high]))))
-    return SAC(world.obs_dim, world.act_dim, cfg.sac, device, seed=seed, obs_scale=obs_scale)
+    floor = hold_value(world, cfg.sac.gamma) if cfg.sac.hold_floor else None
+    return SAC(world.obs_dim, world.act_dim, cfg.sac, device, seed=seed, obs_scale=obs_scale, value_floor=floor)
+
+
+def hold_value(world: Any, gamma: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """states -> the discounted return of holding still there for ever, reward(s, hold) / (1 - gamma): a lower
+    bound on any state's value in a world whose `hold_action` keeps the agent in place and whose rewards never
+    deplete (docs/architecture.md, "Departures"). It bounds the agent's own return, which is what imagination
+    rewards; the few real transitions of a team-reward run carry the team's."""
+    hold = getattr(world, "hold_action", None)
+    if hold is None:
+        raise ValueError(f"sac.hold_floor needs a world with an action that holds the agent in place; "
+                         f"{type(world).__name__} has none: set sac.hold_floor = false")
+    actions: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def value(states: torch.Tensor) -> torch.Tensor:
+        key = (states.device, states.dtype)
+        if key not in actions:
+            actions[key] = torch.as_tensor(hold, dtype=states.dtype, device=states.device)
+        return world.reward_fn(states, actions[key]) / (1.0 - gamma)
+
+    return value
 
 
 class SACLearner(Learner):

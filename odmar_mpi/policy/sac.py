@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -32,16 +32,20 @@ class SAC:
     Observations are divided by `obs_scale` before entering any network (world coordinates reach
     10; the node passes 10.0). Initialisation and sampling noise come from generators seeded here,
     so two SACs with the same seed are identical and `state_dict` round-trips resume bit-identically.
+
+    `value_floor(next_obs) -> (B,)`, given raw (unscaled) next observations, is a lower bound on the
+    value of those states that every TD target is floored at (`sac.hold_floor`); None = plain SAC.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, device: torch.device | str, seed: int,
-                 obs_scale: float = 1.0) -> None:
+                 obs_scale: float = 1.0, value_floor: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         if not obs_scale > 0:
             raise ValueError(f"SAC obs_scale = {obs_scale}: must be > 0 (observations are divided by it)")
         self.config = config
         self.device = torch.device(device)
         self.act_dim = act_dim
         self.obs_scale = float(obs_scale)
+        self.value_floor = value_floor
         self.target_entropy = float(config.target_entropy)
         init_seed, noise_seed = np.random.SeedSequence(seed).generate_state(2)
         init_generator = torch.Generator().manual_seed(int(init_seed))
@@ -83,15 +87,9 @@ class SAC:
         Q of the batch over both critics), entropy (-mean log pi of the fresh actions).
         The TD target bootstraps through (1 - terminated): truncated episodes still bootstrap.
         """
-        cfg = self.config
         obs = batch.obs / self.obs_scale
-        next_obs = batch.next_obs / self.obs_scale
         alpha = self.log_alpha.detach().exp()
-
-        with torch.no_grad():
-            next_actions, next_log_prob = self.actor.sample(next_obs, self.generator)
-            next_q = self.critic_target(next_obs, next_actions).amin(0) - alpha * next_log_prob
-            td_target = batch.rewards + cfg.gamma * (1.0 - batch.terminated) * next_q
+        td_target = self.td_target(batch, alpha)
         q = self.critic(obs, batch.actions)
         critic_loss = (q - td_target).square().mean(1).sum()
 
@@ -106,11 +104,23 @@ class SAC:
         (critic_loss + actor_loss + alpha_loss).backward()
         self.optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(self._target_params, self._critic_params, cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
 
         return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
                 "alpha_loss": alpha_loss.detach(), "alpha": alpha, "q_mean": q.detach().mean(),
                 "entropy": -mean_log_prob}
+
+    def td_target(self, batch: Batch, alpha: torch.Tensor) -> torch.Tensor:
+        """The soft TD target r + gamma (1 - terminated) (min of the target critics - alpha log pi) at s', a' ~ pi,
+        floored at r + gamma (1 - terminated) value_floor(s') where a floor is given. No gradients; (B,)."""
+        gamma = self.config.gamma
+        with torch.no_grad():
+            next_obs = batch.next_obs / self.obs_scale
+            next_actions, next_log_prob = self.actor.sample(next_obs, self.generator)
+            next_value = self.critic_target(next_obs, next_actions).amin(0) - alpha * next_log_prob
+            if self.value_floor is not None:
+                next_value = torch.maximum(next_value, self.value_floor(batch.next_obs))
+            return batch.rewards + gamma * (1.0 - batch.terminated) * next_value
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies): networks, targets, optimiser, log alpha and the sampling generator's state."""

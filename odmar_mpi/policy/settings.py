@@ -31,6 +31,10 @@ class SACConfig:
     init: str = setting("fan_in", "Initialisation of actor and critics: 'fan_in' (PyTorch's default, weights and "
                                   "biases uniform in +-1/sqrt(fan_in)) or 'xavier' (the original's: Xavier-uniform "
                                   "weights, zero biases).", choices=("fan_in", "xavier"))
+    hold_floor: bool = setting(False, "Floor each TD target at r + gamma * h(s') / (1 - gamma), h(s') the reward of "
+                                      "holding still at s' (the world's hold action and its known reward): standing "
+                                      "on a site for ever is always possible, so its value is at least that. "
+                                      "Reward-collection world only.")
 
     def __post_init__(self) -> None:
         check_settings(self, "sac.")
