@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -53,10 +54,10 @@ class SavedConsensus:
         return ConsensusResult(self.statistics.copy(), 0, [])
 
 
-def probe(sac: SAC, rank: int, agents: int, seed: int, n_rewards: int, sites: int, headline: str) -> None:
+def probe(sac: SAC, cfg: Any, rank: int, agents: int, sites: int, headline: str) -> None:
     """Print the policy's path from the start and, for the `sites` most valuable sites, the critic's values."""
-    start, gain = start_positions(agents)[rank], agent_gains(agents, seed)[rank]
-    positions, values = reward_sites(n_rewards)
+    start, gain = start_positions(agents)[rank], agent_gains(agents, cfg.run.seed)[rank]
+    positions, values = reward_sites(cfg.env.n_rewards)
 
     def q(states: np.ndarray, actions: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -116,24 +117,23 @@ def main(run_dir: Path, rank: int, step: int | None, sites: int, continue_steps:
     run = load_run(run_dir)
     cfg, agents = run.config, len(run.ranks)
     step = max(local_steps(run_dir, rank)) if step is None else step
-    where = (cfg.env.n_rewards, sites)
     if not continue_steps:
         sac = build_sac(cfg, make_world(cfg, rank, agents), "cpu", seed=0)
         sac.load_state_dict(load_checkpoint(run_dir, rank, step)["learner"]["sac"])
-        probe(sac, rank, agents, cfg.run.seed, *where, f"{run_dir}, rank {rank}, step {step}")
+        probe(sac, cfg, rank, agents, sites, f"{run_dir}, rank {rank}, step {step}")
         return
     learner = rebuilt_learner(run_dir, rank, agents, step, overrides)
     if learner.posterior_statistics is None:
         raise click.ClickException(f"rank {rank}'s checkpoint at step {step} holds no model posterior to imagine with")
     consensus = SavedConsensus(learner.posterior_statistics)
     label = f"{run_dir}, rank {rank}, from step {step}" + (f" with {' '.join(overrides)}" if overrides else "")
-    probe(learner.sac, rank, agents, cfg.run.seed, *where, f"{label}: step {step}")
+    probe(learner.sac, cfg, rank, agents, sites, f"{label}: step {step}")
     for t in range(step + 1, step + continue_steps + 1):
         if t % learner.model_every == 0:
             learner.model_step(t, consensus)
         learner.update(t)
         if (t - step) % probe_every == 0:
-            probe(learner.sac, rank, agents, cfg.run.seed, *where, f"step {t}")
+            probe(learner.sac, cfg, rank, agents, sites, f"step {t}")
 
 
 if __name__ == "__main__":
