@@ -142,10 +142,16 @@ def _finite_mean(values: np.ndarray) -> float:
 # ---------------------------------------------------------------------- the summary
 
 
+def evaluation_policy(cfg: Config) -> str:
+    """How evaluations act: PPO-trained actors may sample (`ppo.evaluation`); SAC acts with its mean."""
+    sampled = cfg.run.algorithm in ("mamba", "ippo") and cfg.ppo.evaluation == "sample"
+    return "actions sampled from the policy" if sampled else "deterministic policy"
+
+
 def summarise(run: Run | Path) -> dict[str, Any]:
     """The run at a glance as a JSON-ready dict (missing or NaN numbers are None).
 
-    Keys: run, label, agents, device, steps (last step in the records), planned_steps, eval
+    Keys: run, label, evaluation_policy (how evaluations chose actions), agents, device, steps (last step in the records), planned_steps, eval
     (list of {step, team_return}), final_team_return, best ({step, team_return}), model_error,
     consensus and timing (None for a run without model updates or timings), warnings (strings,
     e.g. ranks whose team returns disagree).
@@ -159,6 +165,7 @@ def summarise(run: Run | Path) -> dict[str, Any]:
     return {
         "run": str(run.path),
         "label": run_label(run.config),
+        "evaluation_policy": evaluation_policy(run.config),
         "algorithm": run.config.run.algorithm,
         "env": run.config.env.world,
         "agents": len(run.ranks),
@@ -269,7 +276,7 @@ def format_table(summary: dict[str, Any]) -> str:
     if evals:
         shown = eval_rows_to_show(len(evals))
         note = "" if len(shown) == len(evals) else f" ({len(shown)} of {len(evals)} shown)"
-        lines.append(f"team evaluation return (sum over agents, deterministic policy){note}:")
+        lines.append(f"team evaluation return (sum over agents, {summary['evaluation_policy']}){note}:")
         known = summary["optimal_team_return"] is not None
         lines.append(f"  {'step':>9}  {'team return':>12}" + (f"  {'of optimum':>10}" if known else ""))
         lines += [f"  {evals[i]['step']:>9d}  {evals[i]['team_return']:>12.3f}"

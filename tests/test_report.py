@@ -17,8 +17,8 @@ from env.optimum import optimal_team_return
 from odmar_mpi.config import Config, to_toml
 from odmar_mpi.learners import learner_class
 from odmar_mpi.records import Records, records_path
-from odmar_mpi.report import (eval_rows_to_show, final_report, format_table, load_run, main, plot_learning_curves,
-                              rollout_frames, summarise)
+from odmar_mpi.report import (eval_rows_to_show, evaluation_policy, final_report, format_table, load_run, main,
+                              plot_learning_curves, rollout_frames, summarise)
 from odmar_mpi.telemetry import NODE_TABLES
 
 AGENTS = 3
@@ -110,6 +110,18 @@ def test_the_table_shows_final_best_model_consensus_and_time(tmp_path):
     assert "3-4 gossip rounds" in table and "3.00e-10" in table
     assert "66.7 steps/s" in table
     assert "WARNING" not in table
+
+
+def test_the_table_says_whether_evaluations_sampled_their_actions(tmp_path):
+    assert "(sum over agents, deterministic policy)" in format_table(summarise(write_run(tmp_path / "run")))
+    cfg = Config()
+    for algorithm, evaluation, policy in [("ippo", "sample", "actions sampled from the policy"),
+                                          ("mamba", "sample", "actions sampled from the policy"),
+                                          ("mamba", "argmax", "deterministic policy"),
+                                          ("sac", "sample", "deterministic policy")]:  # SAC ignores [ppo]
+        cfg.run = dataclasses.replace(cfg.run, algorithm=algorithm)
+        cfg.ppo = dataclasses.replace(cfg.ppo, evaluation=evaluation)
+        assert evaluation_policy(cfg) == policy, (algorithm, evaluation)
 
 
 def test_a_long_run_shows_first_every_kth_and_last_evaluation():
