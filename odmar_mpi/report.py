@@ -151,8 +151,8 @@ def evaluation_policy(cfg: Config) -> str:
 def summarise(run: Run | Path) -> dict[str, Any]:
     """The run at a glance as a JSON-ready dict (missing or NaN numbers are None).
 
-    Keys: run, label, evaluation_policy (how evaluations chose actions), agents, device, steps (last step in the records), planned_steps, eval
-    (list of {step, team_return}), final_team_return, best ({step, team_return}), model_error,
+    Keys: run, label, evaluation_policy (how evaluations chose actions), agents, device, steps (last step
+    in the records), planned_steps, eval (list of {step, team_return}), final_team_return, best ({step, team_return}), model_error,
     consensus and timing (None for a run without model updates or timings), warnings (strings,
     e.g. ranks whose team returns disagree).
     """
