@@ -1,4 +1,4 @@
-"""Paired references for docs/mamba.md: team returns on exactly the episodes a run's final evaluation plays.
+"""Paired references for docs/mamba.md: team returns on exactly the episodes a run's evaluations play.
 
 A run's evaluation copy of the world resets with `episode_seed(seed, k)` for k = 0, 1, ... in order: the
 random-policy evaluation plays k = 0..E-1, the evaluation after warm-up the next E, and so on, so with
@@ -7,6 +7,14 @@ episodes this prints, per seed, the expected return of uniformly random actions 
 a hand-made policy (agent k steers to landmark k: the scale of what learning can reach).
 
     python benchmarks/mamba_paired_reference.py --first 50 --episodes 10 --seeds 0-4
+
+With `--results DIR` (a results folder of benchmarks/learning.py) it scores every evaluation of every seed
+there against its own episodes instead: the share of the way from random actions to the hand-made policy,
+(return - random) / (hand-made - random), 0 for random play and 1 for the hand-made policy, and prints per
+setting a markdown table (every seed's final share and final return minus random, the IQM over seeds with its
+95% bootstrap interval) and the IQM of the share at each evaluation.
+
+    python benchmarks/mamba_paired_reference.py --results docs/mamba --episodes 10
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.learning import parse_seeds  # noqa: E402
+from benchmarks.learning import bootstrap_ci, iqm, load_results, parse_seeds  # noqa: E402
 from env.coupled import episode_seed, make_coupled_env  # noqa: E402
 
 N_AGENTS, LENGTH, DRAWS = 3, 25, 20
@@ -55,16 +63,56 @@ def landmark_k(agent: int, obs: np.ndarray, rng: None) -> int:
     return UP if direction[1] > 0 else DOWN
 
 
+def references(seed: int, window: range) -> tuple[float, float]:
+    """(random actions' expected team return, the hand-made policy's) on the episodes `window` of `seed`."""
+    random = float(np.mean([team_return(seed, window, uniform, np.random.default_rng(d)) for d in range(DRAWS)]))
+    return random, team_return(seed, window, landmark_k, None)
+
+
+def seed_of(summary: dict) -> int:
+    return int(Path(summary["run"]).name.removeprefix("seed"))
+
+
+def score_results(results: Path, episodes: int) -> None:
+    """Print, per setting of a learning.py results folder, every seed's paired scores and their IQM."""
+    cache: dict[tuple[int, int], tuple[float, float]] = {}
+    for name, summaries in load_results(results).items():
+        finals, curves = [], {}
+        cells = []
+        for summary in sorted(summaries, key=seed_of):
+            seed = seed_of(summary)
+            for j, evaluation in enumerate(summary["eval"]):
+                # the random-policy evaluation plays episodes 0..E-1; evaluation j the E after those before it
+                first = (j + 1) * episodes
+                if (seed, first) not in cache:
+                    cache[seed, first] = references(seed, range(first, first + episodes))
+                random, hand_made = cache[seed, first]
+                share = (evaluation["team_return"] - random) / (hand_made - random)
+                curves.setdefault(evaluation["step"] - summary["warmup_steps"], []).append(share)
+            finals.append(share)
+            cells.append(f"{share:.2f} ({evaluation['team_return'] - random:+.1f}, s{seed})")
+        low, high = bootstrap_ci(np.array(finals))
+        print(f"| {name} | {len(finals)} | {iqm(np.array(finals)):.2f} | [{low:.2f}, {high:.2f}] | {', '.join(cells)} |")
+        print("  IQM share per evaluation (training steps: share): "
+              + ", ".join(f"{step}: {iqm(np.array(v)):.2f}" for step, v in sorted(curves.items())
+                          if len(v) == len(finals)))
+
+
 @click.command()
 @click.option("--first", default=50, show_default=True, help="Index of the final evaluation's first episode.")
 @click.option("--episodes", default=10, show_default=True, help="Episodes per evaluation (run.eval_episodes).")
 @click.option("--seeds", default="0-4", show_default=True, help="Seeds, e.g. 0-4 or 0,2.")
-def main(first: int, episodes: int, seeds: str) -> None:
+@click.option("--results", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Score the runs of this learning.py results folder against their own episodes.")
+def main(first: int, episodes: int, seeds: str, results: Path | None) -> None:
+    if results is not None:
+        score_results(results, episodes)
+        return
     window = range(first, first + episodes)
     for seed in parse_seeds(seeds):
-        random = np.mean([team_return(seed, window, uniform, np.random.default_rng(d)) for d in range(DRAWS)])
+        random, hand_made = references(seed, window)
         print(f"seed {seed}: episodes {first}-{first + episodes - 1}: random {random:.1f}, "
-              f"landmark-k policy {team_return(seed, window, landmark_k, None):.1f}")
+              f"landmark-k policy {hand_made:.1f}")
 
 
 if __name__ == "__main__":
