@@ -43,6 +43,9 @@ def test_paper_configs_differ_only_where_the_paper_does():
     sac = load_config(CONFIGS / "sac_nopenalty.toml")
     assert (beta.model.beta, no_beta.model.beta) == (0.01, 0.0)
     assert beta.sac == no_beta.sac and beta.comm == no_beta.comm
+    # the original's network inputs, and an imagined buffer that keeps every model update of the run
+    assert (beta.sac.obs_scale, beta.sac.init) == (1.0, "xavier")
+    assert beta.model.imagined_keep * beta.model.update_every >= beta.run.train_steps
     assert (sac.run.algorithm, sac.sac.updates_per_step, sac.sac.real_ratio, sac.env.action_penalty) == ("sac", 1, 1.0, False)
 
 
