@@ -77,8 +77,7 @@ def score_results(results: Path, episodes: int) -> None:
     """Print, per setting of a learning.py results folder, every seed's paired scores and their IQM."""
     cache: dict[tuple[int, int], tuple[float, float]] = {}
     for name, summaries in load_results(results).items():
-        finals, curves = [], {}
-        cells = []
+        finals, cells, curves = [], [], {}
         for summary in sorted(summaries, key=seed_of):
             seed = seed_of(summary)
             for j, evaluation in enumerate(summary["eval"]):

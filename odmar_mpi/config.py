@@ -133,6 +133,11 @@ class Config:
     def uses_model(self) -> bool:
         return self.run.algorithm == "odmar"
 
+    @property
+    def uses_ppo(self) -> bool:
+        """The [ppo] actor-critic acts (MAMBA in imagination, IPPO on real data), not SAC."""
+        return self.run.algorithm in ("mamba", "ippo")
+
 
 def _sections() -> dict[str, type]:
     return {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}

@@ -305,7 +305,7 @@ def estimate_for_config(cfg: Any, ranks: int) -> MemoryEstimate:
     graph on `ranks` ranks."""
     graph = cfg.comm.graph(ranks, cfg.run.seed)
     degree = max((len(n) for n in graph.neighbours), default=0)
-    if cfg.run.algorithm in ("mamba", "ippo"):
+    if cfg.uses_ppo:
         return mamba_estimate(cfg, ranks, degree, obs_dim=COUPLED_OBS_DIM[cfg.env.world](ranks))
     return estimate_memory(cfg, ranks, degree, diameter=graph.diameter())
 

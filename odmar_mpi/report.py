@@ -144,17 +144,17 @@ def _finite_mean(values: np.ndarray) -> float:
 
 def evaluation_policy(cfg: Config) -> str:
     """How evaluations act: PPO-trained actors may sample (`ppo.evaluation`); SAC acts with its mean."""
-    sampled = cfg.run.algorithm in ("mamba", "ippo") and cfg.ppo.evaluation == "sample"
+    sampled = cfg.uses_ppo and cfg.ppo.evaluation == "sample"
     return "actions sampled from the policy" if sampled else "deterministic policy"
 
 
 def summarise(run: Run | Path) -> dict[str, Any]:
     """The run at a glance as a JSON-ready dict (missing or NaN numbers are None).
 
-    Keys: run, label, evaluation_policy (how evaluations chose actions), agents, device, steps (last step
-    in the records), planned_steps, eval (list of {step, team_return}), final_team_return, best ({step, team_return}), model_error,
-    consensus and timing (None for a run without model updates or timings), warnings (strings,
-    e.g. ranks whose team returns disagree).
+    Keys: run, label, evaluation_policy (how evaluations chose actions), agents, device, steps (last
+    step in the records), planned_steps, eval (list of {step, team_return}), final_team_return, best
+    ({step, team_return}), model_error, consensus and timing (None for a run without model updates or
+    timings), warnings (strings, e.g. ranks whose team returns disagree).
     """
     if not isinstance(run, Run):
         run = load_run(run)
