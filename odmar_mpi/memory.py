@@ -55,7 +55,7 @@ from typing import Any
 
 F64, F32, I64 = 8, 4, 8
 PENDING_CHUNK = 1024  # SparseGP(chunk_size=1024): transitions buffered before they are folded into J, h
-STAGE_ROWS = 1024  # ReplayBuffer's numpy staging block
+STAGE_ROWS = 1024  # the replay buffers' numpy staging block (policy/rows.py)
 HOLDOUT_ROWS = 1000  # held-out transitions of the model's error measurement
 WRITE_BUFFERS = 1_000_000  # HDF5 and file-driver buffers while writing a checkpoint (measured: 0.7 MB)
 GLIBC_MMAP_MAX = 32 << 20  # glibc's largest dynamic mmap threshold: bigger blocks always go back to the system
@@ -189,9 +189,10 @@ def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int) -> Memor
     networks = 4 * parameters * F32  # parameters, gradients, Adam's two moments
     parts = [Part("actor-critic and world model, gradients, Adam", networks, "world_model.hidden / ppo.*_hidden")]
     if mamba:
-        row = 4 * obs_dim + 14 + slots * (9 + 2 * c + 4 * h)
+        row = (obs_dim + 4 + slots * (2 + c + h)) * F32  # SequenceBuffer's float32 row
         rows = cfg.mamba.buffer_size
-        parts.append(Part(f"sequence replay ({rows:,} steps)", rows * row, "mamba.buffer_size"))
+        parts.append(Part(f"sequence replay ({rows:,} steps)", (rows + min(STAGE_ROWS, rows)) * row,
+                          "mamba.buffer_size"))
         starts = cfg.mamba.batch_size * cfg.mamba.sequence_length
         imagined = 3 * starts * (1 + slots) * (wm.horizon + 1) * (features + wm.model_hidden) * F32
         parts.append(Part("transient peak (imagination of the neighbourhood)", imagined, "mamba.batch_size"))

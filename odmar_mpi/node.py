@@ -102,6 +102,7 @@ class Node:
                                               clock=self.telemetry.clock))
         self.messages = (NeighbourExchange(comm, graph.neighbours[self.rank], self.learner.message_size, timeout,
                                            name="neighbour messages") if self.learner.message_size else None)
+        self.telemetry.waited = self.waited_s
         self.message_calls = 0
         self.pending = PendingSteps()
         self.step = 0
@@ -129,12 +130,13 @@ class Node:
             self.evaluate_random_policy()
         while self.step < total:
             mode = "explore" if self.step >= warmup else "warmup"
-            action = learner.act(self.obs, mode)
+            with clock("act"):
+                action = learner.act(self.obs, mode)
             next_obs, own_reward, terminated, truncated = self.step_world(self.world, action, mode)
             self.pending.add(Transition(self.obs, action, math.nan, next_obs, terminated, truncated), own_reward)
             self.obs = self.start_episode(self.world, "explore") if terminated or truncated else next_obs
             self.step += 1
-            with clock("gossip"):
+            with clock("step_gossip"):
                 table = self.step_gossip.push((own_reward, float(self.stop_requested)))
             stop = table is not None and self.complete_step(table)
 
@@ -164,12 +166,15 @@ class Node:
         needs every rank's action, which a flood brings. Every rank calls it at the same step.
         """
         clock = self.telemetry.clock
-        with clock("gossip"):
-            if self.messages is not None:
+        if self.messages is not None:
+            with clock("messages"):
                 self.message_calls += 1
                 received = self.messages.exchange(self.learner.message(mode), call=self.message_calls, round=1)
                 self.learner.receive(mode, received)
-            joint = self.action_flood.gather(action) if self.action_flood is not None else None
+        joint = None
+        if self.action_flood is not None:
+            with clock("action_flood"):
+                joint = self.action_flood.gather(action)
         with clock("env"):
             return world.step(action, joint)
 
@@ -210,7 +215,6 @@ class Node:
         with self.telemetry.clock("eval"):
             own, transitions = self.run_episodes("evaluate")
             self.learner.evaluated(self.step, transitions)
-        with self.telemetry.clock("gossip"):
             team = self.flood.sum(own)
         self.telemetry.evaluation(self.step, own, team)
         if not self.cfg.run.progress_every:
@@ -218,8 +222,10 @@ class Node:
 
     def evaluate_random_policy(self) -> None:
         """The same evaluation with uniformly random actions, once before training: the bottom of the scale."""
-        own, _ = self.run_episodes("random")
-        self.telemetry.random_evaluation(self.step, own, self.flood.sum(own))
+        with self.telemetry.clock("eval"):
+            own, _ = self.run_episodes("random")
+            team = self.flood.sum(own)
+        self.telemetry.random_evaluation(self.step, own, team)
 
     def run_episodes(self, mode: str) -> tuple[float, list[Transition]]:
         """`run.eval_episodes` episodes of the learner acting in `mode` on the eval copy: (mean own return,
@@ -231,7 +237,8 @@ class Node:
         for _ in range(self.cfg.run.eval_episodes):
             obs, total, done = self.start_episode(self.eval_world, mode), 0.0, False
             while not done:
-                action = self.learner.act(obs, mode)
+                with self.telemetry.clock("act"):
+                    action = self.learner.act(obs, mode)
                 next_obs, reward, terminated, truncated = self.step_world(self.eval_world, action, mode)
                 transitions.append(Transition(obs, action, reward, next_obs, terminated, truncated))
                 total += reward
@@ -268,6 +275,11 @@ class Node:
         torch.set_rng_state(node["torch_rng"])
         version, internal, gauss = node["python_rng"]
         random.setstate((version, tuple(internal), gauss))
+
+    def waited_s(self) -> float:
+        """Seconds this process has spent waiting for neighbours, over all its exchanges."""
+        return sum(part.waited_s for part in (self.gossip, self.flood, self.step_gossip, self.action_flood,
+                                              self.messages) if part is not None)
 
     def free(self) -> None:
         """Release the communicators; every rank calls it."""

@@ -226,14 +226,18 @@ def _consensus(run: Run) -> dict[str, Any] | None:
 
 
 def _timing(run: Run) -> dict[str, Any] | None:
-    """Cumulative seconds per phase at the last timing row, mean over ranks, and environment steps per second."""
+    """Cumulative seconds per phase at the last timing row, mean over ranks (phases a run's version did not
+    record are left out), environment steps per second, and the seconds spent waiting for neighbours (part of
+    the communication phases; None where not recorded)."""
     tables = [t["timing"] for t in run.ranks if t["timing"]["step"].size]
     if not tables:
         return None
-    seconds = {phase: float(np.mean([t[phase][-1] for t in tables])) for phase in PHASES}
+    seconds = {phase: float(np.mean([t[phase][-1] for t in tables])) for phase in PHASES if phase in tables[0]}
     total = sum(seconds.values())
     step = int(tables[0]["step"][-1])
-    return {"step": step, "seconds": seconds, "total_s": total, "steps_per_s": step / total if total > 0 else None}
+    waiting = float(np.mean([t["waiting"][-1] for t in tables])) if "waiting" in tables[0] else None
+    return {"step": step, "seconds": seconds, "total_s": total, "steps_per_s": step / total if total > 0 else None,
+            "waiting_s": waiting}
 
 
 def _team_return_disagreements(run: Run) -> list[str]:
@@ -310,7 +314,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if timing is not None:
         phases = "  ".join(f"{phase} {seconds:.1f}" for phase, seconds in timing["seconds"].items())
         lines.append(f"seconds per phase up to step {timing['step']} (mean over agents): {phases}")
-        lines.append(f"  total {timing['total_s']:.1f} s, {_fmt(timing['steps_per_s'], '.1f')} steps/s per agent")
+        waiting = f"; {timing['waiting_s']:.1f} s of it waiting for neighbours" if timing["waiting_s"] is not None else ""
+        lines.append(f"  total {timing['total_s']:.1f} s, {_fmt(timing['steps_per_s'], '.1f')} steps/s per agent{waiting}")
     lines += [f"WARNING: {warning}" for warning in summary["warnings"]]
     return "\n".join(lines)
 

@@ -208,7 +208,7 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     from odmar_mpi.checkpoint import CheckpointError
     from odmar_mpi.comm.exchange import NeighbourTimeout
     from odmar_mpi.comm.flood import Flood
-    from odmar_mpi.learners.sac import NonFiniteError
+    from odmar_mpi.learners.base import NonFiniteError
     from odmar_mpi.node import Node
 
     graph = cfg.comm.graph(ranks, cfg.run.seed)

@@ -7,14 +7,22 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from odmar_mpi.records import Records, Tables, records_path
 
-PHASES = ("env", "gossip", "observe", "model", "imagination", "updates", "eval", "checkpoint")
-"""The phases of a step whose wall-clock time is recorded (cumulative seconds, table `timing`)."""
+PHASES = ("act", "messages", "action_flood", "env", "step_gossip", "observe", "model", "consensus", "imagination",
+          "updates", "averaging", "eval", "checkpoint")
+"""The phases of the loop whose wall-clock time is recorded (cumulative seconds, table `timing`): choosing
+actions; the learner's neighbour messages; the joint-action flood of coupled worlds; the world step; the
+per-step reward gossip; handing transitions to the learner; world-model training; consensus on model
+statistics (ODMAR); imagined rollouts; policy updates (SAC, PPO); weight averaging with the neighbours
+(MAMBA, IPPO); evaluations (everything inside them); checkpoints and records. The phases partition the
+time: a phase timed inside another is charged to the inner one, except inside `ABSORBING` phases."""
+ABSORBING = ("eval", "checkpoint")
+"""Phases charged with everything timed inside them (an evaluation's acting and stepping count as "eval")."""
 
 NODE_TABLES: Tables = {
     # training episodes: the return the agent learned from (team or own) and its own share
@@ -23,23 +31,35 @@ NODE_TABLES: Tables = {
     "eval": ("step", "own_return", "team_return", "optimal_share"),
     # the same evaluation of a uniformly random policy, once before training: the bottom of the scale
     "random_eval": ("step", "own_return", "team_return", "optimal_share"),
-    "timing": ("step", *PHASES),
+    # cumulative seconds per phase; "waiting": seconds spent waiting for neighbours, inside the communication phases
+    "timing": ("step", *PHASES, "waiting"),
 }
 
 
 class PhaseClock:
-    """Cumulative wall-clock seconds per phase of the loop."""
+    """Cumulative wall-clock seconds per phase of the loop; nested phases partition the time (see PHASES)."""
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.open: list[str] = []  # the phases being timed, innermost last
+        self.since = 0.0  # when the innermost open phase last started being charged
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
+        if self.open and self.open[-1] in ABSORBING:
+            yield
+            return
+        now = time.perf_counter()
+        if self.open:
+            self.seconds[self.open[-1]] += now - self.since
+        self.open.append(phase)
+        self.since = now
         try:
             yield
         finally:
-            self.seconds[phase] += time.perf_counter() - start
+            now = time.perf_counter()
+            self.seconds[self.open.pop()] += now - self.since
+            self.since = now
 
 
 class Telemetry:
@@ -59,6 +79,9 @@ class Telemetry:
         self.last_team_eval = float("nan")
         self.started = time.perf_counter()
         self.started_step = 0
+        # seconds this process has waited for neighbours (the node sets it), and those of the run before a resume
+        self.waited: Callable[[], float] = lambda: 0.0
+        self.waited_before = 0.0
 
     def episode_step(self, step: int, reward: float, own_reward: float, episode_over: bool) -> None:
         """Account one completed transition; at an episode's end, record its returns."""
@@ -73,7 +96,11 @@ class Telemetry:
         self.last_team_eval = team_return
         self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
                             optimal_share=self.share(team_return))
-        self.records.append("timing", step=step, **self.clock.seconds)
+        self.records.append("timing", step=step, **self.clock.seconds, waiting=self.waiting_s())
+
+    def waiting_s(self) -> float:
+        """Seconds spent waiting for neighbours over the whole run (across resumes)."""
+        return self.waited_before + self.waited()
 
     def random_evaluation(self, step: int, own_return: float, team_return: float) -> None:
         self.records.append("random_eval", step=step, own_return=own_return, team_return=team_return,
@@ -104,13 +131,15 @@ class Telemetry:
 
     def state_dict(self) -> dict[str, Any]:
         # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.
-        return {"records": self.records.state_dict(), "clock": dict(self.clock.seconds),
+        return {"records": self.records.state_dict(), "clock": {**self.clock.seconds, "waiting": self.waiting_s()},
                 "episode_return": self.episode_return, "episode_own_return": self.episode_own_return,
                 "last_team_eval": self.last_team_eval}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records.load_state_dict(state["records"])
-        self.clock.seconds.update(state["clock"])
+        clock = dict(state["clock"])
+        self.waited_before = float(clock.pop("waiting")) - self.waited()
+        self.clock.seconds.update(clock)
         self.episode_return = float(state["episode_return"])
         self.episode_own_return = float(state["episode_own_return"])
         self.last_team_eval = float(state["last_team_eval"])

@@ -38,8 +38,8 @@ class SumOfOne:
     def average(self, x: np.ndarray, **_) -> ConsensusResult:
         return ConsensusResult(x.copy(), 0, [])
 
-    def mix(self, x: np.ndarray, rounds: int = 1) -> np.ndarray:
-        return x.copy()
+    def mix(self, x: np.ndarray, rounds: int = 1) -> ConsensusResult:
+        return ConsensusResult(x.copy(), rounds, [0.0] * rounds)
 
 
 def make_learner(algorithm: str, overrides: list[str] = ()):

@@ -48,11 +48,16 @@ def test_mamba_trains_records_its_losses_disagreement_and_traffic(mamba_run):
         np.testing.assert_array_equal(rows["step"], [50, 75, 100, 125, 150, 175, 200])  # every 25 from warm-up's end
         for column in ("reconstruction", "reward_loss", "kl", "model_loss", "policy_loss", "imagined_reward"):
             assert np.isfinite(rows[column]).all(), column
-        # weights averaged over a complete graph with uniform weights: every rank holds the exact mean
-        assert (rows["disagreement"] < 1e-6).all()
+        # each rank trains on its own data, so before every averaging the weights differ, by little
+        assert ((rows["disagreement"] > 1e-4) & (rows["disagreement"] < 0.5)).all()
         # each message: action, 4 latent indices, h of 16, as float64, to the one neighbour
         assert (rows["message_bytes_per_step"] == 8 * (1 + 4 + 16)).all()
         np.testing.assert_array_equal(tables["eval"]["step"], [50, 100, 150, 200])
+    # after the averaging of the last phase (step 200) every rank holds the exact mean (complete graph, uniform
+    # weights), up to the float32 rounding of the float64 mean
+    models = [learning_state(mamba_run, rank, 200)["learner"]["model"] for rank in range(RANKS)]
+    for name, tensor in models[0].items():
+        np.testing.assert_allclose(models[1][name].numpy(), tensor.numpy(), rtol=0, atol=1e-7, err_msg=name)
 
 
 def test_report_json_names_algorithm_world_and_both_ends_of_the_scale(mamba_run):

@@ -97,7 +97,7 @@ def test_averaging_on_a_complete_graph_with_uniform_weights_is_parameter_sharing
     rng = np.random.default_rng(7)
     theta = rng.normal(size=50)  # the same start on every rank (shared seed)
     gradients = rng.normal(size=(n, 50))  # rank r's gradient: row r
-    mixed = gossip.mix(sgd_step(theta, gradients[rank]))
+    mixed = gossip.mix(sgd_step(theta, gradients[rank])).value
     gossip.free()
     shared = sgd_step(theta, gradients.mean(0))  # one shared copy stepped with the averaged gradient
     np.testing.assert_allclose(mixed, shared, rtol=0, atol=1e-14)  # round-off of a sum of n terms
@@ -114,7 +114,7 @@ def test_on_a_ring_the_disagreement_shrinks_geometrically(comm):
     disagreement = []
     for _ in range(8):
         disagreement.append(comm.allreduce(float(np.linalg.norm(x - mean) ** 2)) ** 0.5)
-        x = gossip.mix(x)
+        x = gossip.mix(x).value
     gossip.free()
     ratios = np.array(disagreement[1:]) / np.array(disagreement[:-1])
     assert np.all(ratios < 1)  # every averaging step brings the ranks closer

@@ -134,7 +134,7 @@ def test_the_replay_part_matches_a_real_buffer(rows):
     from odmar_mpi.policy.replay import ReplayBuffer
 
     buffer = ReplayBuffer(rows, 2, 2, "cpu", seed=0)
-    assert tensor_bytes(buffer.storage) + buffer._stage.nbytes == replay_bytes(rows)
+    assert tensor_bytes(buffer.storage) + buffer.rows._stage.nbytes == replay_bytes(rows)
     e = estimate(f"sac.buffer_size={max(rows, 256)}")
     assert e.by_name[f"real replay buffer ({max(rows, 256):,} rows)"] == replay_bytes(max(rows, 256))
 
@@ -232,3 +232,15 @@ def test_available_memory_is_plausible():
             total = int(line.split()[1]) * 1024
     available = available_memory()
     assert 0 < available <= (total or available)
+
+
+@pytest.mark.parametrize("rows", [1, 50_000])
+def test_the_sequence_replay_part_matches_a_real_buffer(rows):
+    from odmar_mpi.memory import mamba_estimate
+    from odmar_mpi.policy.sequences import SequenceBuffer
+
+    cfg = load_config(None, ["run.algorithm=mamba", "env.world=simple_spread", f"mamba.buffer_size={rows}",
+                             "world_model.n_categoricals=4", "world_model.deterministic=16"])
+    buffer = SequenceBuffer(rows, 18, 2, 4, 16, seed=0)
+    real = tensor_bytes(buffer.rows.storage) + buffer.rows._stage.nbytes
+    assert mamba_estimate(cfg, 3, 2, obs_dim=18).by_name[f"sequence replay ({rows:,} steps)"] == real

@@ -19,7 +19,7 @@ from odmar_mpi.learners import learner_class
 from odmar_mpi.records import Records, records_path
 from odmar_mpi.report import (eval_rows_to_show, evaluation_policy, final_report, format_table, load_run, main,
                               plot_learning_curves, rollout_frames, summarise)
-from odmar_mpi.telemetry import NODE_TABLES
+from odmar_mpi.telemetry import NODE_TABLES, PHASES
 
 AGENTS = 3
 EVAL_STEPS = [100, 200, 300]
@@ -49,9 +49,9 @@ def write_run(run_dir: Path, cfg: Config | None = None, team: list[float] = TEAM
             own = team[k] / AGENTS + (rank - 1) * 0.5  # offsets -0.5, 0, 0.5 sum to zero over the ranks
             last = k == len(EVAL_STEPS) - 1
             records.append("eval", step=step, own_return=own, team_return=rank_team[k], optimal_share=math.nan)
-            records.append("timing", step=step, env=(1 + rank) * (k + 1) / 3, model=2.0 * (k + 1) / 3,
-                           gossip=0.5 * rank * (k + 1) / 3, observe=0.0, imagination=0.0, updates=0.0, eval=0.0,
-                           checkpoint=0.0)
+            phases = dict.fromkeys(PHASES, 0.0) | {"env": (1 + rank) * (k + 1) / 3, "model": 2.0 * (k + 1) / 3,
+                                                   "step_gossip": 0.5 * rank * (k + 1) / 3}
+            records.append("timing", step=step, **phases, waiting=0.25 * rank * (k + 1) / 3)
             records.append("sac", step=step, critic_loss=1.0, actor_loss=-1.0, alpha=0.1, entropy=-2.0, q_mean=5.0)
             if cfg.uses_model:
                 holdout = math.nan if (rank == 2 and k == 0) else HOLDOUT[k] + 0.125 * rank
@@ -95,8 +95,8 @@ def test_json_summary_is_what_the_records_say(tmp_path):
                                     "last_max_residual": 3 * 10.0**-12}
     timing = summary["timing"]
     assert timing["step"] == 300 and timing["total_s"] == 4.5
-    assert timing["seconds"] == {"env": 2.0, "model": 2.0, "gossip": 0.5, "observe": 0.0, "imagination": 0.0,
-                                 "updates": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    assert timing["seconds"] == dict.fromkeys(PHASES, 0.0) | {"env": 2.0, "model": 2.0, "step_gossip": 0.5}
+    assert timing["waiting_s"] == 0.25
     assert timing["steps_per_s"] == 300 / 4.5
     assert summary["warnings"] == []
 

@@ -1,4 +1,5 @@
-"""`python -m odmar_mpi.bench {consensus,gp,step-gossip} ...`: benchmarks that print their figures against a reference."""
+"""`python -m odmar_mpi.bench {consensus,gp,step-gossip,learner} ...`: benchmarks that print their figures against a
+reference (learner: where a run's time goes, and MAMBA's matmul floor)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ BENCHMARKS = {
     "consensus": "odmar_mpi.bench.consensus",  # neighbour gossip vs MPI.Allreduce (run under mpiexec)
     "gp": "odmar_mpi.bench.gp",  # sparse-GP statistics, posterior and prediction vs explicit inverses
     "step-gossip": "odmar_mpi.bench.step_gossip",  # per-step gossip vs a flood every step (run under mpiexec)
+    "learner": "odmar_mpi.bench.learner",  # a short real run: steps/s per agent, seconds per part (under mpiexec)
 }
 
 

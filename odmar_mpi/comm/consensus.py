@@ -112,12 +112,12 @@ class Consensus:
 
     # ------------------------------------------------------------------ vectors
 
-    def average(self, x: np.ndarray, *, record_residuals: bool = False,
+    def average(self, x: np.ndarray, *, record_residuals: bool = False, final_residual: bool = True,
                 on_round: Callable[[int, np.ndarray], None] | None = None) -> ConsensusResult:
         """This rank's estimate of the average over ranks of x (shape (size,), float64); x is not modified.
 
-        record_residuals: also measure the local disagreement after each round (one extra exchange
-        at the end measures the final state). on_round(k, estimate) is called after k = 0..rounds
+        record_residuals: also measure the local disagreement before each round, from what the round
+        received, and (with final_residual) after the last one, which costs one extra exchange. on_round(k, estimate) is called after k = 0..rounds
         rounds with a read-only view of this rank's current estimate (for benchmarks; every rank
         calls it at the same k, so it may be collective).
         """
@@ -149,7 +149,7 @@ class Consensus:
                 break
         if on_round is not None:
             on_round(rounds, read_only(current[:self.size]))
-        if record_residuals:
+        if record_residuals and final_residual:
             received = self.values.exchange(current, call=self.calls, round=rounds + 1)
             residuals.append(self.disagreement(current, received))
         self.buffers = [current, following, previous]
@@ -194,6 +194,11 @@ class Consensus:
             np.maximum(window[1:], buffer[self.size:-1], out=window[1:])
         window[0] = disagreement
 
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for neighbours, all calls."""
+        return self.values.waited_s
+
     def free(self) -> None:
         """Release the communicator; every rank calls it."""
         self.values.free()
@@ -220,14 +225,15 @@ class VectorGossip:
             self.pool[size] = Consensus(self.comm, self.graph, self.weights, size=size, **self.settings)
         return self.pool[size]
 
-    def mix(self, x: np.ndarray, rounds: int = 1) -> np.ndarray:
+    def mix(self, x: np.ndarray, rounds: int = 1) -> ConsensusResult:
         """`rounds` rounds of x <- W x with this rank's neighbours (the averaging step of decentralised SGD,
-        D-PSGD): a new array, this rank's row of W^rounds applied to every rank's x."""
+        D-PSGD): value = this rank's row of W^rounds applied to every rank's x (a new array); residuals[k] =
+        the local disagreement before round k, measured from what that round received (no extra message)."""
         key = (x.size, rounds)
         if key not in self.mixers:
             self.mixers[key] = Consensus(self.comm, self.graph, self.weights, "plain", rounds=rounds,
                                          timeout_s=self.timeout_s, size=x.size)
-        return self.mixers[key].average(x).value
+        return self.mixers[key].average(x, record_residuals=True, final_residual=False)
 
     def average(self, x: np.ndarray, **kw) -> ConsensusResult:
         """This rank's estimate of the average over ranks of x (see Consensus.average)."""
@@ -236,6 +242,11 @@ class VectorGossip:
     def sum(self, x: np.ndarray, **kw) -> ConsensusResult:
         """This rank's estimate of the sum over ranks of x (see Consensus.sum)."""
         return self.consensus(x.size).sum(x, **kw)
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for neighbours, all consensus and mixing calls."""
+        return sum(consensus.waited_s for consensus in (*self.pool.values(), *self.mixers.values()))
 
     def free(self) -> None:
         for consensus in (*self.pool.values(), *self.mixers.values()):

@@ -4,11 +4,16 @@ Every rank sends one flat float64 buffer to each neighbour and receives each nei
 preallocated buffer (buffer methods, no pickling). A neighbour that has not answered by the
 deadline raises NeighbourTimeout naming this rank, the neighbour and the round; this module never
 aborts: the entry point's excepthook turns the exception into MPI Abort, so no rank waits forever.
+
+Waiting polls the requests for `SPIN_S` (a neighbour on a core of its own answers within microseconds),
+then sleeps between polls, from `SLEEP_MIN_S` doubling up to `SLEEP_MAX_S`: with more ranks than cores
+a waiting rank must give its core to the rank it waits for (spinning, even with sched_yield, kept
+taking it). Large messages are not slowed by the sleeps (MPICH copies them in one piece once both
+sides have posted). Every exchange adds the seconds it waited to `waited_s`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Sequence
 
@@ -21,6 +26,29 @@ from odmar_mpi.comm.limits import ROUND_SPAN
 # Buffers of rounds abandoned at a deadline. MPI may still read or write them (a cancel need not
 # succeed), so they must outlive their exchange: kept here for the life of the process.
 _ABANDONED: list[object] = []
+
+SPIN_S = 20e-6
+"""Poll without sleeping for this long before the first sleep."""
+SLEEP_MIN_S, SLEEP_MAX_S = 20e-6, 1e-3
+"""First sleep between polls, and the cap of its doubling: long waits cost at most one poll per millisecond."""
+
+
+def wait_all(requests: list[MPI.Request], deadline: float) -> bool:
+    """Complete every request, spinning briefly and then sleeping between polls; False once `deadline`
+    (time.monotonic) has passed with some request pending."""
+    if MPI.Request.Testall(requests):
+        return True
+    start = time.monotonic()
+    while time.monotonic() - start < SPIN_S:
+        if MPI.Request.Testall(requests):
+            return True
+    sleep = SLEEP_MIN_S
+    while not MPI.Request.Testall(requests):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(sleep)
+        sleep = min(2 * sleep, SLEEP_MAX_S)
+    return True
 
 
 class NeighbourTimeout(RuntimeError):
@@ -57,6 +85,7 @@ class NeighbourExchange:
         self.comm = comm.Create_dist_graph_adjacent(self.neighbours, self.neighbours, reorder=False)
         self.tag_span = self.comm.Get_attr(MPI.TAG_UB) + 1
         self.timed_out = False
+        self.waited_s = 0.0  # seconds spent waiting for the neighbours, all calls
 
     def tag(self, call: int, round: int) -> int:
         return (call * ROUND_SPAN + round) % self.tag_span
@@ -74,11 +103,11 @@ class NeighbourExchange:
         tag = self.tag(call, round)
         requests = [self.comm.Irecv(buffer, source=j, tag=tag) for j, buffer in zip(self.neighbours, self.recv_buffers)]
         requests += [self.comm.Isend(send, dest=j, tag=tag) for j in self.neighbours]
-        deadline = time.monotonic() + self.timeout_s
-        while not MPI.Request.Testall(requests):
-            if time.monotonic() > deadline:
-                self.give_up(requests, send, call, round)
-            os.sched_yield()  # lets an oversubscribed neighbour run; costs ~1 us when cores are free
+        start = time.perf_counter()
+        done = wait_all(requests, time.monotonic() + self.timeout_s)
+        self.waited_s += time.perf_counter() - start
+        if not done:
+            self.give_up(requests, send, call, round)
         return self.recv_buffers
 
     def give_up(self, requests: list[MPI.Request], send: np.ndarray, call: int, round: int) -> None:

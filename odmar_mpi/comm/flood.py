@@ -57,5 +57,10 @@ class Flood:
         """Returns on every rank only after every rank has called it (a gather waits for all of them)."""
         self.gather(0.0)
 
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for neighbours, all calls."""
+        return self.exchange.waited_s
+
     def free(self) -> None:
         self.exchange.free()

@@ -81,6 +81,11 @@ class StepGossip:
         heard = ~np.isnan(self.window[:, :, column])
         self.window[:, :, column][heard] = 0.0
 
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for neighbours, all calls."""
+        return self.exchange.waited_s if self.exchange is not None else 0.0
+
     def free(self) -> None:
         if self.exchange is not None:
             self.exchange.free()

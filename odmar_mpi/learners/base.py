@@ -64,6 +64,36 @@ class LearnerContext:
     """clock(phase) times a block as one of the node's phases (odmar_mpi.telemetry.PHASES)."""
 
 
+class NonFiniteError(RuntimeError):
+    """NaN or inf in a loss, a gradient, parameters or model statistics: the run stops before the value can reach
+    a neighbour (averaging, consensus) and keeps its last good checkpoint."""
+
+
+def require_finite(quantity: str, values: Any, rank: int, step: int, fix: str = "lower the learning rates") -> None:
+    """Raise NonFiniteError naming the rank, step and `quantity` unless every entry of `values` is finite."""
+    if not np.isfinite(np.asarray(values)).all():
+        raise NonFiniteError(f"rank {rank}, step {step}: {quantity} contain NaN or inf; the run stops here, before "
+                             f"any averaging, and keeps its last good checkpoint. {fix[0].upper()}{fix[1:]}.")
+
+
+def average_with_neighbours(parameters: list[torch.nn.Parameter], gossip: VectorGossip, rounds: int, rank: int,
+                            step: int, quantity: str) -> tuple[float, float]:
+    """D-PSGD's averaging step: `rounds` rounds of x <- W x over the parameters, flattened into one float64 host
+    buffer (one copy from the device and one back). Refuses non-finite parameters before anything is sent.
+
+    Returns (disagreement: the largest relative difference |x_j - x_i|_inf / max(|x_i|_inf, |x_j|_inf) to a
+    neighbour j before the averaging, measured from what the first round received, 0 without rounds; bytes sent
+    to each neighbour). Every rank calls it at the same step (collective)."""
+    flat = torch.nn.utils.parameters_to_vector(parameters).detach()
+    vector = flat.to("cpu", torch.float64).numpy()
+    require_finite(quantity, vector, rank, step)
+    if not rounds:
+        return 0.0, 0.0
+    result = gossip.mix(vector, rounds)
+    torch.nn.utils.vector_to_parameters(torch.as_tensor(result.value).to(flat.device, flat.dtype), parameters)
+    return result.residuals[0], float(8 * vector.size * rounds)
+
+
 MODES = ("warmup", "explore", "evaluate", "random")
 TRAINING_MODES = ("warmup", "explore")
 

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
-
 from odmar_mpi.comm.consensus import VectorGossip
-from odmar_mpi.learners.base import TRAINING_MODES, Learner, LearnerContext, Transition
+from odmar_mpi.learners.base import (TRAINING_MODES, Learner, LearnerContext, Transition, average_with_neighbours,
+                                     require_finite)
 from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, features, local_graph
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.policy.sequences import SequenceBuffer
@@ -47,7 +46,9 @@ class MAMBALearner(Learner):
 
     tables = {
         # one row per training phase: world-model loss terms, PPO statistics, imagined vs real reward per step,
-        # parameter disagreement ||theta_i - mean|| / ||mean|| after the averaging, bytes sent per neighbour
+        # the disagreement with the neighbours before the averaging (largest relative difference |x_j - x_i|_inf /
+        # max(|x_i|_inf, |x_j|_inf) to a neighbour's weights, from the averaging round itself), bytes sent per
+        # neighbour
         "mamba": ("step", "reconstruction", "reward_loss", "discount_loss", "kl", "action_prediction", "model_loss",
                   "policy_loss", "value_loss", "entropy", "imagined_reward", "real_reward", "disagreement",
                   "parameter_bytes", "message_bytes_per_step", "approx_kl", "clip_fraction", "returns_mean",
@@ -57,37 +58,49 @@ class MAMBALearner(Learner):
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
         cfg, world = ctx.cfg, ctx.world
+        self.device = device = ctx.device
         self.settings, self.model_config = cfg.mamba, cfg.world_model
         self.model_every = cfg.mamba.train_every
         neighbours = ctx.graph.neighbours[ctx.rank] if cfg.mamba.communication == "neighbours" else ()
         self.slots = len(neighbours)
-        self.graph = local_graph(ctx.rank, list(neighbours), ctx.graph.neighbours)
+        self.graph = local_graph(ctx.rank, list(neighbours), ctx.graph.neighbours, device)
         # Every rank starts from the same weights (they are averaged later, as if shared).
-        self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions, shared_seed(cfg.run.seed, "model"))
+        self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions,
+                                shared_seed(cfg.run.seed, "model")).to(device)
         self.model_optimizer = self.model.make_optimizer()
-        self.ppo = PPO(self.model_config.features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"))
+        self.ppo = PPO(self.model_config.features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"), device)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
-                                     self.model_config.deterministic, seed=ctx.seed("replay"))
-        self.generator = torch.Generator().manual_seed(ctx.seed("policy"))
+                                     self.model_config.deterministic, seed=ctx.seed("replay"), device=device)
+        self.generator = torch.Generator(device).manual_seed(ctx.seed("policy"))
         # the evaluation copy's posterior samples and sampled actions: evaluations never shift training's stream
-        self.eval_generator = torch.Generator().manual_seed(ctx.seed("evaluate"))
+        self.eval_generator = torch.Generator(device).manual_seed(ctx.seed("evaluate"))
         self.warmup_rng = np.random.default_rng(ctx.seed("warmup"))
         self.random_rng = np.random.default_rng(ctx.seed("random_eval"))  # used once, before training
-        self.message_size = (1 + self.model_config.n_categoricals + self.model_config.deterministic) if self.slots else 0
+        self.message_width = 1 + self.model_config.n_categoricals + self.model_config.deterministic
+        self.message_size = self.message_width if self.slots else 0
         self.copies = {"train": self.fresh_copy(), "eval": self.fresh_copy()}
-        # Per training step, until its transition arrives: (is_first, neighbours' messages of that step).
-        self.pending: deque[tuple[bool, NeighbourMessages]] = deque()
+        # Per training step, until its transition arrives: (is_first, the neighbours' messages of that step as
+        # received, (N, 1 + C + H) on the host).
+        self.pending: deque[tuple[bool, np.ndarray]] = deque()
 
     # ------------------------------------------------------------------ acting
 
     def fresh_copy(self) -> ActingCopy:
-        return ActingCopy(self.model.rssm.initial((1,)), -1, self.no_messages(), True)
+        return ActingCopy(self.model.rssm.initial((1,), self.device), -1, self.no_messages(), True)
 
     def no_messages(self) -> NeighbourMessages:
         """Before a neighbour has sent anything: every slot holds a neighbour, with no action and no latent yet."""
-        c, h = self.model_config.n_categoricals, self.model_config.deterministic
-        return NeighbourMessages(torch.full((1, self.slots), -1), torch.full((1, self.slots, c), -1),
-                                 torch.zeros(1, self.slots, h), torch.ones(1, self.slots, dtype=torch.bool))
+        c, h, device = self.model_config.n_categoricals, self.model_config.deterministic, self.device
+        return NeighbourMessages(torch.full((1, self.slots), -1, device=device),
+                                 torch.full((1, self.slots, c), -1, device=device),
+                                 torch.zeros(1, self.slots, h, device=device),
+                                 torch.ones(1, self.slots, dtype=torch.bool, device=device))
+
+    def empty_messages(self) -> np.ndarray:
+        """The host form of `no_messages`: rows [action, latent indices, h] of no neighbour message yet."""
+        rows = np.zeros((self.slots, self.message_width))
+        rows[:, :1 + self.model_config.n_categoricals] = -1
+        return rows
 
     @staticmethod
     def copy_of(mode: str) -> str:
@@ -104,101 +117,112 @@ class MAMBALearner(Learner):
         `ppo.evaluation` says (sampled, as MAMBA's controller always acts, or the argmax)."""
         copy = self.copies[self.copy_of(mode)]
         generator = self.generator if copy is self.copies["train"] else self.eval_generator
-        embed = self.model.encoder(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
-        state, _, _ = self.model.rssm.observe_step(copy.state, torch.tensor([copy.action]), copy.messages, embed,
-                                                   torch.tensor([copy.first]), self.graph, generator)
+        device = self.device
+        embed = self.model.encoder(torch.as_tensor(obs, dtype=torch.float32, device=device).unsqueeze(0))
+        state, _, _ = self.model.rssm.observe_step(copy.state, torch.tensor([copy.action], device=device),
+                                                   copy.messages, embed, torch.tensor([copy.first], device=device),
+                                                   self.graph, generator)
         if mode in ("warmup", "random"):
             action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
         else:
             greedy = mode != "explore" and self.ctx.cfg.ppo.evaluation == "argmax"
-            action = self.ppo.actor.act(features(state), generator, greedy)
+            action = self.ppo.actor.act(features(state), generator, greedy)[0]
         if copy is self.copies["train"]:
-            self.pending.append((copy.first, self.no_messages()))
+            self.pending.append((copy.first, self.empty_messages()))
         copy.state, copy.action, copy.first = state, action, False
         return np.asarray(action)
 
     def message(self, mode: str) -> np.ndarray:
-        """[action, C latent class indices, h] of this step (float64; the integers are exact)."""
+        """[action, C latent class indices, h] of this step (float64; the integers are exact), one copy to the host."""
         copy = self.copies[self.copy_of(mode)]
         latent = self.model.rssm.latent_indices(copy.state.z)[0]
-        return np.concatenate([[copy.action], latent.numpy(), copy.state.h[0].numpy()]).astype(np.float64)
+        action = torch.tensor([copy.action], dtype=torch.float32, device=self.device)
+        return torch.cat([action, latent.float(), copy.state.h[0]]).to("cpu", torch.float64).numpy()
 
     def receive(self, mode: str, messages: list[np.ndarray]) -> None:
         c = self.model_config.n_categoricals
-        rows = torch.as_tensor(np.stack(messages))
-        received = NeighbourMessages(rows[:, 0].long().unsqueeze(0), rows[:, 1:1 + c].long().unsqueeze(0),
-                                     rows[:, 1 + c:].float().unsqueeze(0), torch.ones(1, self.slots, dtype=torch.bool))
+        rows = np.stack(messages)
+        received = torch.as_tensor(rows, dtype=torch.float32).to(self.device).unsqueeze(0)  # one copy to the device
         copy = self.copies[self.copy_of(mode)]
-        copy.messages = received
+        copy.messages = NeighbourMessages(received[..., 0].long(), received[..., 1:1 + c].long(), received[..., 1 + c:],
+                                          torch.ones(1, self.slots, dtype=torch.bool, device=self.device))
         if copy is self.copies["train"]:
-            self.pending[-1] = (self.pending[-1][0], received)
+            self.pending[-1] = (self.pending[-1][0], rows)
 
     # ------------------------------------------------------------------ learning
 
     def observe(self, transition: Transition) -> None:
         is_first, messages = self.pending.popleft()
+        c = self.model_config.n_categoricals
         self.buffer.add(transition.obs, int(transition.action), transition.reward, transition.terminated, is_first,
-                        messages.action[0], messages.latent[0], messages.h[0], messages.valid[0])
+                        messages[:, 0], messages[:, 1:1 + c], messages[:, 1 + c:], np.ones(self.slots, dtype=bool))
 
     def update(self, step: int) -> None:
         """MAMBA trains in phases (`model_step`), not every step."""
 
     def model_step(self, step: int, gossip: VectorGossip) -> None:
-        """Train the world model, then the actor-critic in imagination, then average the weights with the neighbours."""
+        """Train the world model, then the actor-critic in imagination, then average the weights with the
+        neighbours. Any non-finite loss, gradient or parameter stops the run before the averaging."""
         if len(self.buffer) < self.settings.sequence_length:
             return
-        stats = self.train_phase()
-        with self.ctx.clock("gossip"):
-            disagreement, parameter_bytes = self.average_weights(gossip)
+        stats = self.train_phase(step)
+        with self.ctx.clock("averaging"):
+            disagreement, parameter_bytes = average_with_neighbours(
+                self.shared_parameters(), gossip, self.ctx.cfg.comm.parameter_rounds, self.ctx.rank, step,
+                "MAMBA's world-model, actor and critic parameters")
         self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
                                 parameter_bytes=parameter_bytes,
                                 message_bytes_per_step=8 * self.message_size * self.slots)
 
-    def train_phase(self) -> dict[str, float]:
+    def train_phase(self, step: int) -> dict[str, float]:
         """`model_updates` world-model steps, then `policy_updates` rounds of imagination + PPO; returns the
-        last round's statistics (the columns of the `mamba` table that do not concern the averaging)."""
-        cfg, clock = self.settings, self.ctx.clock
-        with clock("model"):
-            for _ in range(cfg.model_updates):
-                batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
-                model_stats = self.model.update(batch, self.model_optimizer, self.graph, self.generator)
-        with clock("imagination"):
-            for _ in range(cfg.policy_updates):
-                batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
-                # burn_in = 0 keeps every row: no mask, no copy of the start states
-                starts = imagination_starts(batch.is_first, cfg.burn_in) if cfg.burn_in else None
-                imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
-                                              self.generator, starts=starts)
-                rewards = imagined.rewards
-                if cfg.imagined_reward == "neighbourhood":  # MAMBA: the mean of the agents' predicted rewards
-                    valid = imagined.valid.to(rewards.dtype)
-                    rewards = (imagined.member_rewards * valid).sum(-1) / valid.sum(-1)
-                ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0],
-                                                rewards, imagined.continues)
-                ppo_stats = self.ppo.update(ppo_batch, self.generator)
+        last ones' statistics (the columns of the `mamba` table that do not concern the averaging)."""
+        for _ in range(self.settings.model_updates):
+            model_stats = self.train_model(step)
+        for _ in range(self.settings.policy_updates):
+            policy_stats = self.train_policy(step)
         return {"reconstruction": model_stats["reconstruction"], "reward_loss": model_stats["reward"],
                 "discount_loss": model_stats["discount"], "kl": model_stats["kl"],
                 "action_prediction": model_stats["action_prediction"], "model_loss": model_stats["total"],
-                **{key: ppo_stats[key] for key in ("policy_loss", "value_loss", "entropy", "approx_kl",
-                                                   "clip_fraction", "returns_mean")},
+                **policy_stats}
+
+    def train_model(self, step: int) -> dict[str, float]:
+        """One world-model step on replayed windows; its loss terms and gradient norm (all finite, or the run stops)."""
+        cfg = self.settings
+        with self.ctx.clock("model"):
+            batch = self.buffer.sample(cfg.batch_size, cfg.sequence_length)
+            stats = self.model.update(batch, self.model_optimizer, self.graph, self.generator)
+        require_finite("MAMBA's world-model losses and gradient norm", list(stats.values()), self.ctx.rank, step,
+                       fix="lower world_model.lr or world_model.grad_clip")
+        return stats
+
+    def train_policy(self, step: int) -> dict[str, float]:
+        """One round of imagination from replayed posterior states and PPO on it; its statistics."""
+        cfg, clock = self.settings, self.ctx.clock
+        neighbourhood = cfg.imagined_reward == "neighbourhood"  # MAMBA: the mean of the agents' predicted rewards
+        with clock("imagination"):
+            batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
+            # burn_in = 0 keeps every row: no mask, no copy of the start states
+            starts = imagination_starts(batch.is_first, cfg.burn_in) if cfg.burn_in else None
+            imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
+                                          self.generator, starts=starts, member_rewards=neighbourhood)
+            rewards = imagined.rewards
+            if neighbourhood:
+                valid = imagined.valid.to(rewards.dtype)
+                rewards = (imagined.member_rewards * valid).sum(-1) / valid.sum(-1)
+        with clock("updates"):
+            ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0], rewards,
+                                            imagined.continues)
+            stats = self.ppo.update(ppo_batch, self.generator)
+        require_finite("MAMBA's actor and critic losses", list(stats.values()), self.ctx.rank, step,
+                       fix="lower ppo.actor_lr and ppo.critic_lr")
+        return {**{key: stats[key] for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                                               "returns_mean")},
                 "imagined_reward": float(rewards.mean()), "real_reward": float(batch.reward.mean()),
                 "imagined_starts": float(imagined.valid.shape[0])}
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
-
-    def average_weights(self, gossip: VectorGossip) -> tuple[float, float]:
-        """D-PSGD's averaging step over the shared weights; returns (relative distance of this rank's weights
-        from the ranks' exact mean after it, bytes this rank sent to each neighbour)."""
-        rounds = self.ctx.cfg.comm.parameter_rounds
-        parameters = self.shared_parameters()
-        vector = parameters_to_vector(parameters).detach().double().numpy()
-        if rounds:
-            vector = gossip.mix(vector, rounds)
-            vector_to_parameters(torch.as_tensor(vector, dtype=torch.float32), parameters)
-        mean = gossip.average(vector).value  # exact with comm.algorithm = "finite-time": the disagreement metric
-        distance = float(np.linalg.norm(vector - mean) / max(np.linalg.norm(mean), 1e-30))
-        return distance, float(8 * vector.size * rounds)
 
     # ------------------------------------------------------------------ state
 
@@ -209,7 +233,7 @@ class MAMBALearner(Learner):
             "generator": self.generator.get_state(), "eval_generator": self.eval_generator.get_state(),
             "warmup_rng": self.warmup_rng.bit_generator.state,
             "copies": {name: _copy_state(copy) for name, copy in self.copies.items()},
-            "pending": [[first, *messages] for first, messages in self.pending],
+            "pending": [[float(first), messages] for first, messages in self.pending],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -220,10 +244,13 @@ class MAMBALearner(Learner):
         self.generator.set_state(state["generator"])
         self.eval_generator.set_state(state["eval_generator"])
         self.warmup_rng.bit_generator.state = state["warmup_rng"]
-        self.copies = {name: ActingCopy(RSSMState(saved["h"], saved["z"]), int(saved["action"]),
-                                        NeighbourMessages(*saved["messages"]), bool(saved["first"]))
+        device = self.device
+        self.copies = {name: ActingCopy(RSSMState(saved["h"].to(device), saved["z"].to(device)), int(saved["action"]),
+                                        NeighbourMessages(*(tensor.to(device) for tensor in saved["messages"])),
+                                        bool(saved["first"]))
                        for name, saved in state["copies"].items()}
-        self.pending = deque((bool(item[0]), NeighbourMessages(*item[1:])) for item in state["pending"])
+        self.pending = deque((bool(first), np.asarray(messages).reshape(self.slots, self.message_width))
+                             for first, messages in state["pending"])
 
 
 def imagination_starts(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
@@ -231,7 +258,7 @@ def imagination_starts(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
     filtered from the zero state at row 0, which is the acting agent's state only where an episode starts
     at or before t inside the window (row 0 included); other rows qualify once the window has filtered
     `burn_in` steps (t >= burn_in). burn_in = 0 keeps every row (MAMBA)."""
-    rows = torch.arange(is_first.shape[0]).unsqueeze(1)
+    rows = torch.arange(is_first.shape[0], device=is_first.device).unsqueeze(1)
     return (rows >= burn_in) | is_first.cummax(0).values
 
 

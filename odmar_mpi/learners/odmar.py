@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
-from odmar_mpi.learners.base import LearnerContext, Transition
-from odmar_mpi.learners.sac import SACLearner, require_finite
+from odmar_mpi.learners.base import LearnerContext, Transition, require_finite
+from odmar_mpi.learners.sac import SACLearner
 from odmar_mpi.model.inducing import inducing_points
 from odmar_mpi.model.kernel import world_model_kernel
 from odmar_mpi.model.sparse_gp import PosteriorError, SparseGP
@@ -81,11 +81,11 @@ class ODMARLearner(SACLearner):
         """Gossip the statistics, form the (centralised-equivalent) posterior, imagine optimistic rollouts."""
         cfg, clock, rank = self.ctx.cfg.model, self.ctx.clock, self.ctx.rank
         local = self.model.pack_statistics(out=self.stats_buffer)
-        require_finite("model statistics", local, rank, step)
-        with clock("gossip"):
+        require_finite("model statistics", local, rank, step, fix="check the model settings")
+        with clock("consensus"):
             result = gossip.sum(local, record_residuals=True)
         with clock("model"):
-            require_finite("consensus statistics", result.value, rank, step)
+            require_finite("consensus statistics", result.value, rank, step, fix="check the model settings")
             failed = not self.fit_posterior(result.value, step)
             holdout_rmse = self.holdout_rmse()
         stats = {"bonus_mean": float("nan"), "std_mean": float("nan"), "reward_mean": float("nan")}

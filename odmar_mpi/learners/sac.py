@@ -7,21 +7,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from odmar_mpi.learners.base import Learner, LearnerContext, Transition
+from odmar_mpi.learners.base import Learner, LearnerContext, Transition, require_finite
 from odmar_mpi.policy.replay import Batch, ReplayBuffer
 from odmar_mpi.policy.sac import SAC
 
 SAC_STATS = ("critic_loss", "actor_loss", "alpha", "entropy", "q_mean")
-
-
-class NonFiniteError(RuntimeError):
-    """NaN or inf in a loss or in model statistics: the run stops and keeps its last good checkpoint."""
-
-
-def require_finite(quantity: str, values: Any, rank: int, step: int) -> None:
-    if not np.isfinite(np.asarray(values)).all():
-        raise NonFiniteError(f"rank {rank}, step {step}: {quantity} contain NaN or inf; the run stops here and keeps "
-                             "its last good checkpoint. Lower sac.lr or check the model settings.")
 
 
 def build_sac(cfg: Any, world: Any, device: torch.device | str, seed: int) -> SAC:
@@ -92,7 +82,7 @@ class SACLearner(Learner):
         if not self.stat_count:
             return
         means = {key: float(value) / self.stat_count for key, value in self.stat_sums.items()}
-        require_finite(f"SAC {', '.join(means)}", list(means.values()), self.ctx.rank, step)
+        require_finite(f"SAC {', '.join(means)}", list(means.values()), self.ctx.rank, step, fix="lower sac.lr")
         self.ctx.records.append("sac", step=step, **means)
         self.stat_sums, self.stat_count = {}, 0
 

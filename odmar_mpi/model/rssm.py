@@ -88,16 +88,17 @@ class Imagination(NamedTuple):
     rewards: Tensor  # (H, n) predicted reward of member 0 after its action at step t
     continues: Tensor  # (H, n) predicted probability that member 0's episode goes on after step t
     valid: Tensor  # (n, M) bool
-    member_rewards: Tensor  # (H, n, M) the reward head read at every member's [z_t, h_{t+1}] (MAMBA averages these)
+    member_rewards: Tensor | None  # (H, n, M) the reward head at every member's [z_t, h_{t+1}] (MAMBA averages these)
 
 
-def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Sequence[int]]) -> LocalGraph:
+def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Sequence[int]],
+                device: Any = None) -> LocalGraph:
     """The LocalGraph of `agent` whose neighbour slots hold the global agents `slots` (None = empty), on the
-    graph given as neighbour lists `neighbours[k]` of every agent k."""
+    graph given as neighbour lists `neighbours[k]` of every agent k, with its tensors on `device`."""
     members = [agent, *slots]
-    ids = torch.tensor([-1 if m is None else m for m in members], dtype=torch.long)
+    ids = torch.tensor([-1 if m is None else m for m in members], dtype=torch.long, device=device)
     adjacency = torch.tensor([[a is not None and b is not None and (a == b or b in neighbours[a]) for b in members]
-                              for a in members], dtype=torch.bool)
+                              for a in members], dtype=torch.bool, device=device)
     return LocalGraph(ids.clamp(min=0), adjacency)
 
 
@@ -402,11 +403,12 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def imagine(self, batch: Any, policy: Callable[[Tensor], Tensor], graph: LocalGraph,
-                generator: torch.Generator, starts: Tensor | None = None) -> Imagination:
+                generator: torch.Generator, starts: Tensor | None = None, member_rewards: bool = False) -> Imagination:
         """Imagine agent i's neighbourhood `config.horizon` steps from the rows of a replayed batch (every row:
         n = T * B starts; or the rows where `starts` (T, B) bool is True, in row-major order): agent i starts
         from its posterior state, each neighbour from the (h, z) it sent at that step; every member acts with
-        `policy(features (n, M, F)) -> (n, M) long`."""
+        `policy(features (n, M, F)) -> (n, M) long`. The reward head reads every member only with
+        `member_rewards` (else only member 0; `member_rewards` is None)."""
         seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
                                  NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
                                  graph, generator)
@@ -418,8 +420,7 @@ class WorldModel(nn.Module):
             start, valid = RSSMState(start.h[rows], start.z[rows]), valid[rows]
         states, actions = self.rssm.imagine(start, policy, self.config.horizon, attention_mask(valid, graph.adjacency),
                                             graph.member_ids, generator)
-        transitions = torch.cat([states.z[:-1], states.h[1:]], -1)  # [z_t, h_{t+1}] of every member
-        member_rewards = self.reward(transitions).squeeze(-1)
-        own = transitions[:, :, 0]
-        return Imagination(features(states), actions, member_rewards[..., 0],
-                           torch.sigmoid(self.discount(own)).squeeze(-1), valid, member_rewards)
+        own = torch.cat([states.z[:-1, :, 0], states.h[1:, :, 0]], -1)  # member 0's [z_t, h_{t+1}]
+        every = self.reward(torch.cat([states.z[:-1], states.h[1:]], -1)).squeeze(-1) if member_rewards else None
+        return Imagination(features(states), actions, every[..., 0] if member_rewards else self.reward(own).squeeze(-1),
+                           torch.sigmoid(self.discount(own)).squeeze(-1), valid, every)

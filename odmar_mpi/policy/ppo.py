@@ -63,9 +63,16 @@ class Actor(nn.Module):
         return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
 
     @torch.no_grad()
-    def act(self, features: Tensor, generator: torch.Generator, greedy: bool) -> int:
-        """One action at features (1, in_dim): the most probable (greedy) or drawn from the policy."""
-        return int(self.net(features)[0].argmax()) if greedy else int(self.sample(features, generator)[0])
+    def act(self, features: Tensor, generator: torch.Generator, greedy: bool) -> tuple[int, float]:
+        """One action at features (1, in_dim), the most probable (greedy) or drawn from the policy, and its
+        log-probability under the policy (what PPO's ratio divides by)."""
+        logits = self.net(features)[0]
+        if greedy:
+            action = logits.argmax()
+        else:
+            action = torch.multinomial(logits.softmax(-1), 1, generator=generator)[0]
+        log_prob = logits.log_softmax(-1)[action]
+        return int(action), float(log_prob)
 
 
 class Critic(nn.Module):
@@ -142,10 +149,11 @@ class PPO:
     """One agent's actor, critic and their optimisers; `make_batch` turns trajectories into a PPOBatch,
     `update` runs the PPO epochs on it. The entropy weight is state: it decays after every actor step."""
 
-    def __init__(self, feature_dim: int, n_actions: int, config: PPOConfig, seed: int) -> None:
+    def __init__(self, feature_dim: int, n_actions: int, config: PPOConfig, seed: int,
+                 device: torch.device | str = "cpu") -> None:
         self.config = config
-        self.actor = Actor(feature_dim, n_actions, config, seed)
-        self.critic = Critic(feature_dim, config, seed + 1)
+        self.actor = Actor(feature_dim, n_actions, config, seed).to(device)
+        self.critic = Critic(feature_dim, config, seed + 1).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
                                                 weight_decay=config.actor_weight_decay)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
@@ -153,10 +161,12 @@ class PPO:
 
     @torch.no_grad()
     def make_batch(self, features: Tensor, valid: Tensor, actions: Tensor, rewards: Tensor,
-                   continues: Tensor) -> PPOBatch:
+                   continues: Tensor, behaviour_log_probs: Tensor | None = None) -> PPOBatch:
         """From trajectories of n = H * B samples: features (H + 1, B, M, F) of every member at states 0..H
         (member 0 acts), valid (B, M) bool, member 0's actions (H, B) long, rewards (H, B) and probabilities
-        of going on (H, B) after each action (1 - terminated for real data)."""
+        of going on (H, B) after each action (1 - terminated for real data). The ratio's denominator is
+        `behaviour_log_probs` (H, B), the log-probabilities the actions had when they were taken, where given;
+        else the current actor's (right when it took the actions, as in imagination)."""
         values = self.critic(features, valid)  # (H + 1, B)
         returns = lambda_returns(rewards, values, self.config.gamma * continues, self.config.lam)
         advantages = returns - values[:-1]
@@ -164,7 +174,8 @@ class PPO:
             spread = advantages.std().nan_to_num(0.0) + self.config.advantage_eps  # std of one sample is nan
             advantages = (advantages - advantages.mean()) / spread
         own = features[:-1, :, 0]
-        old_log_probs = self.actor(own).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        old_log_probs = (behaviour_log_probs if behaviour_log_probs is not None else
+                         self.actor(own).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1))
         return PPOBatch(own.flatten(0, 1), features[:-1].flatten(0, 1), valid.expand(*actions.shape, -1).flatten(0, 1),
                         actions.flatten(), old_log_probs.flatten(), returns.flatten(), advantages.flatten())
 
@@ -175,7 +186,7 @@ class PPO:
         totals = dict.fromkeys(("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction"), 0.0)
         steps = 0
         for _ in range(config.epochs):
-            order = torch.randperm(n, generator=generator)
+            order = torch.randperm(n, generator=generator, device=generator.device)
             for start in range(0, n, config.minibatch_size):
                 idx = order[start:start + config.minibatch_size]
                 log_probs_all = self.actor(batch.features[idx]).log_softmax(-1)

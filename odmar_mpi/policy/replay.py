@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 
-# add() stages this many rows in numpy before one copy to the device (any read flushes first).
-STAGE_ROWS = 1024
+from odmar_mpi.policy.rows import RowRing
 
 
 class Batch(NamedTuple):
@@ -22,12 +20,11 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
-    """Circular transition buffer: one (capacity, width) float32 tensor on `device`, allocated once.
+    """Circular transition buffer: one (capacity, width) float32 tensor on `device`, allocated once (`RowRing`).
 
     A row is [obs | action | reward | next_obs | terminated]. When full, the oldest row is
-    overwritten. `add` writes one transition into a small numpy staging block (no tensor per
-    call); staged rows reach the device in one copy before anything reads the buffer.
-    `sample` draws uniformly from the filled rows with the buffer's own generator (seeded here).
+    overwritten. `add` writes one transition into the ring's numpy staging block (no tensor per
+    call). `sample` draws uniformly from the filled rows with the buffer's own generator (seeded here).
     """
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str, seed: int) -> None:
@@ -43,29 +40,26 @@ class ReplayBuffer:
         self._next_obs = slice(obs_dim + act_dim + 1, 2 * obs_dim + act_dim + 1)
         self._terminated = 2 * obs_dim + act_dim + 1
         self.width = 2 * obs_dim + act_dim + 2
-        self.storage = torch.zeros(self.capacity, self.width, dtype=torch.float32, device=self.device)
-        self._stage = np.zeros((min(STAGE_ROWS, self.capacity), self.width), dtype=np.float32)
-        self._staged = 0
-        self.position = 0  # row the next transition goes to (staged rows count as written)
-        self.size = 0
+        self.rows = RowRing(self.capacity, self.width, self.device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
     def __len__(self) -> int:
-        return self.size
+        return self.rows.size
+
+    @property
+    def storage(self) -> torch.Tensor:
+        """The (capacity, width) tensor of rows (staged rows not yet flushed are not in it)."""
+        return self.rows.storage
 
     def add(self, obs: Any, action: Any, reward: float, next_obs: Any, terminated: bool) -> None:
         """Append one transition; obs/next_obs (obs_dim,), action (act_dim,) as numpy arrays or sequences."""
-        if self._staged == len(self._stage):
-            self._flush()
-        row = self._stage[self._staged]
+        row = self.rows.next_row()
         row[self._obs] = obs
         row[self._actions] = action
         row[self._reward] = reward
         row[self._next_obs] = next_obs
         row[self._terminated] = terminated
-        self._staged += 1
-        self._advance(1)
 
     def add_batch(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
                   next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
@@ -79,19 +73,15 @@ class ReplayBuffer:
             if tuple(given[name].shape) != shape:
                 raise ValueError(f"ReplayBuffer.add_batch: {name} has shape {tuple(given[name].shape)}, expected "
                                  f"{shape} (n = {n} transitions, obs_dim = {self.obs_dim}, act_dim = {self.act_dim})")
-        self._flush()
-        rows = torch.cat([t.to(self.device, torch.float32).reshape(n, -1)
-                          for t in (obs, actions, rewards, next_obs, terminated)], dim=1)
-        kept = rows[-self.capacity:]
-        self._write(rows=kept, start=(self.position + n - len(kept)) % self.capacity)
-        self._advance(n)
+        self.rows.append(torch.cat([t.to(self.device, torch.float32).reshape(n, -1)
+                                    for t in (obs, actions, rewards, next_obs, terminated)], dim=1))
 
     def sample(self, n: int) -> Batch:
         """n transitions drawn uniformly with replacement from the filled rows."""
-        if self.size == 0:
+        if self.rows.size == 0:
             raise RuntimeError(f"ReplayBuffer.sample({n}): the buffer is empty; add transitions before sampling")
-        self._flush()
-        index = torch.randint(self.size, (n,), generator=self.generator, device=self.device)
+        self.rows.flush()
+        index = torch.randint(self.rows.size, (n,), generator=self.generator, device=self.device)
         rows = self.storage.index_select(0, index)
         return Batch(rows[:, self._obs], rows[:, self._actions], rows[:, self._reward],
                      rows[:, self._next_obs], rows[:, self._terminated])
@@ -102,38 +92,12 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies) of the filled rows, position, size and generator state."""
-        self._flush()
-        return {"capacity": self.capacity, "position": self.position, "size": self.size,
-                "data": self.storage[: self.size].cpu().clone(), "generator": self.generator.get_state()}
+        return {**self.rows.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a `state_dict()` snapshot; the buffer then samples exactly as the saved one would."""
-        data = state["data"]
-        if int(state["capacity"]) != self.capacity or tuple(data.shape[1:]) != (self.width,):
-            raise ValueError(f"ReplayBuffer.load_state_dict: saved buffer has capacity {state['capacity']} and rows of "
-                             f"{tuple(data.shape[1:])}, this one {self.capacity} and ({self.width},); restore with "
-                             "the configuration the checkpoint was written with")
-        self._staged = 0
-        self.size = int(state["size"])
-        self.position = int(state["position"])
-        self.storage[: self.size].copy_(data)
+        self.rows.load_state_dict(state, "ReplayBuffer")
         self.generator.set_state(state["generator"])
-
-    def _advance(self, n: int) -> None:
-        self.position = (self.position + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
-
-    def _flush(self) -> None:
-        if self._staged:
-            start = (self.position - self._staged) % self.capacity
-            self._write(torch.from_numpy(self._stage[: self._staged]), start)
-            self._staged = 0
-
-    def _write(self, rows: torch.Tensor, start: int) -> None:
-        """Copy rows (k <= capacity, width) into the ring from row `start`, wrapping at the end."""
-        head = min(len(rows), self.capacity - start)
-        self.storage[start:start + head].copy_(rows[:head])
-        self.storage[: len(rows) - head].copy_(rows[head:])
 
 
 def concat_batches(a: Batch, b: Batch) -> Batch:

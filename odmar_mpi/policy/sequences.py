@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
+
+from odmar_mpi.policy.rows import RowRing
 
 Tensor = torch.Tensor
 
@@ -33,77 +34,83 @@ class SequenceBatch(NamedTuple):
 
 
 class SequenceBuffer:
-    """Circular buffer of `capacity` rows, every field preallocated once; the oldest rows are overwritten.
+    """Circular buffer of `capacity` rows on `device`, preallocated once (`RowRing`: one float32 row per step,
+    staged on the host and copied to the device before a read); the oldest rows are overwritten.
 
-    `sample(batch_size, length)` draws window starts uniformly among the windows of `length` consecutive
-    rows that lie inside the stored data (never across the write position), with the buffer's own
-    generator. Memory per row: 4 obs_dim + 14 + slots * (9 + 2 C + 4 H) bytes (+ n_actions with
-    available actions); e.g. obs_dim 30, 4 slots, C = 32, H = 256: about 4.5 KB, so 250 000 rows take 1.1 GB.
+    A row is [obs | action | reward | terminal | is_first | per slot: (action, C latent indices, h) | slot
+    validity | available actions]: integers and flags are exact in float32. `sample(batch_size, length)` draws
+    window starts uniformly among the windows of `length` consecutive rows that lie inside the stored data
+    (never across the write position), with the buffer's own generator, and splits the rows into typed fields.
+    Memory per row: 4 (obs_dim + 4 + slots (2 + C + H) + n_actions) bytes; e.g. obs_dim 30, 4 slots, C = 32,
+    H = 256: about 4.8 KB, so 250 000 rows take 1.2 GB.
     """
 
     def __init__(self, capacity: int, obs_dim: int, n_slots: int, n_categoricals: int, deterministic: int,
-                 seed: int, n_available: int | None = None) -> None:
+                 seed: int, n_available: int | None = None, device: torch.device | str = "cpu") -> None:
         if capacity < 1:
             raise ValueError(f"SequenceBuffer capacity = {capacity}: must be >= 1 (it is preallocated)")
         self.capacity = int(capacity)
-        self.fields: dict[str, Tensor] = {
-            "obs": torch.zeros(capacity, obs_dim),
-            "action": torch.zeros(capacity, dtype=torch.long),
-            "reward": torch.zeros(capacity),
-            "terminal": torch.zeros(capacity, dtype=torch.bool),
-            "is_first": torch.zeros(capacity, dtype=torch.bool),
-            "nb_action": torch.zeros(capacity, n_slots, dtype=torch.long),
-            "nb_latent": torch.zeros(capacity, n_slots, n_categoricals, dtype=torch.int16),  # K < 32768 classes
-            "nb_h": torch.zeros(capacity, n_slots, deterministic),
-            "nb_valid": torch.zeros(capacity, n_slots, dtype=torch.bool),
-        }
-        if n_available is not None:
-            self.fields["available"] = torch.zeros(capacity, n_available, dtype=torch.bool)
-        self.position = 0  # row the next step goes to
-        self.size = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self.n_slots, self.n_categoricals = n_slots, n_categoricals
+        self.device = torch.device(device)
+        message = 1 + n_categoricals + deterministic
+        widths = {"obs": obs_dim, "action": 1, "reward": 1, "terminal": 1, "is_first": 1,
+                  "messages": n_slots * message, "nb_valid": n_slots, "available": n_available or 0}
+        self.columns: dict[str, slice] = {}
+        start = 0
+        for name, width in widths.items():
+            self.columns[name] = slice(start, start + width)
+            start += width
+        self.message_width = message
+        self.rows = RowRing(self.capacity, start, self.device)
+        self.has_available = n_available is not None
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
-        return self.size
+        return self.rows.size
 
     def add(self, obs: Any, action: int, reward: float, terminal: bool, is_first: bool, nb_action: Any,
             nb_latent: Any, nb_h: Any, nb_valid: Any, available: Any = None) -> None:
         """Append one step: obs (obs_dim,), nb_action (N,), nb_latent (N, C), nb_h (N, H), nb_valid (N,),
-        available (n_actions,) if the buffer stores it; arrays, tensors or sequences."""
-        row = {"obs": obs, "action": action, "reward": reward, "terminal": terminal, "is_first": is_first,
-               "nb_action": nb_action, "nb_latent": nb_latent, "nb_h": nb_h, "nb_valid": nb_valid}
-        if "available" in self.fields:
-            row["available"] = available
-        for name, value in row.items():
-            self.fields[name][self.position] = torch.as_tensor(np.asarray(value)).to(self.fields[name].dtype)
-        self.position = (self.position + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
+        available (n_actions,) if the buffer stores it; numpy arrays or sequences (host data)."""
+        row, c = self.rows.next_row(), self.columns
+        row[c["obs"]] = obs
+        row[c["action"]] = action
+        row[c["reward"]] = reward
+        row[c["terminal"]] = terminal
+        row[c["is_first"]] = is_first
+        messages = row[c["messages"]].reshape(self.n_slots, self.message_width)
+        messages[:, 0] = nb_action
+        messages[:, 1:1 + self.n_categoricals] = nb_latent
+        messages[:, 1 + self.n_categoricals:] = nb_h
+        row[c["nb_valid"]] = nb_valid
+        if self.has_available:
+            row[c["available"]] = available
 
     def sample(self, batch_size: int, length: int) -> SequenceBatch:
         """`batch_size` windows of `length` consecutive rows (MAMBA: 40 windows of 20), time first."""
-        if not 1 <= length <= self.size:
-            raise ValueError(f"sample(length = {length}) from a buffer holding {self.size} rows: the window must "
+        size = self.rows.size
+        if not 1 <= length <= size:
+            raise ValueError(f"sample(length = {length}) from a buffer holding {size} rows: the window must "
                              f"fit into the stored rows (collect more steps first, or shorten sequence_length)")
-        oldest = self.position if self.size == self.capacity else 0
-        offsets = torch.randint(0, self.size - length + 1, (batch_size,), generator=self.generator)
-        rows = (oldest + offsets.unsqueeze(0) + torch.arange(length).unsqueeze(1)) % self.capacity  # (T, B)
-        data = {name: field[rows] for name, field in self.fields.items()}
-        data["nb_latent"] = data["nb_latent"].long()
-        return SequenceBatch(**{**data, "available": data.get("available")})
+        self.rows.flush()
+        offsets = torch.randint(0, size - length + 1, (batch_size,), generator=self.generator, device=self.device)
+        steps = torch.arange(length, device=self.device).unsqueeze(1)
+        index = (self.rows.oldest + offsets.unsqueeze(0) + steps) % self.capacity  # (T, B)
+        data = self.rows.storage[index]
+        c, n, k = self.columns, self.n_slots, self.n_categoricals
+        messages = data[..., c["messages"]].unflatten(-1, (n, self.message_width))
+        return SequenceBatch(obs=data[..., c["obs"]], action=data[..., c["action"].start].long(),
+                             reward=data[..., c["reward"].start], terminal=data[..., c["terminal"].start].bool(),
+                             is_first=data[..., c["is_first"].start].bool(), nb_action=messages[..., 0].long(),
+                             nb_latent=messages[..., 1:1 + k].long(), nb_h=messages[..., 1 + k:],
+                             nb_valid=data[..., c["nb_valid"]].bool(),
+                             available=data[..., c["available"]].bool() if self.has_available else None)
 
     def state_dict(self) -> dict[str, Any]:
-        """The stored rows, write position and generator state: `load_state_dict` restores them exactly."""
-        return {"position": self.position, "size": self.size, "generator": self.generator.get_state(),
-                "fields": {name: field[:self.size].clone() for name, field in self.fields.items()}}
+        """The stored rows (on the host), write position and generator state: `load_state_dict` restores them
+        exactly."""
+        return {**self.rows.state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, field in self.fields.items():
-            stored = state["fields"][name]
-            if stored.shape[1:] != field.shape[1:] or len(stored) > self.capacity:
-                raise ValueError(f"SequenceBuffer state field {name!r} has rows of shape {tuple(stored.shape)}; this "
-                                 f"buffer holds {self.capacity} rows of shape {tuple(field.shape[1:])}: resume with "
-                                 "the run's original sizes")
-            field.zero_()
-            field[:len(stored)] = stored
-        self.position, self.size = int(state["position"]), int(state["size"])
+        self.rows.load_state_dict(state, "SequenceBuffer")
         self.generator.set_state(state["generator"])
