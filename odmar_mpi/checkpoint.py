@@ -226,7 +226,7 @@ class _GuardedFile:
 
 
 def write_atomic_h5(path: Path, fill: Callable[[h5py.File], None], *, rank: int | None = None,
-                    what: str = "file", kept: str | None = None) -> None:
+                    what: str = "file", kept: str | None = None, libver: str | None = None) -> None:
     """Write an HDF5 file via a temp file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the complete new one, never half of one.
@@ -234,7 +234,7 @@ def write_atomic_h5(path: Path, fill: Callable[[h5py.File], None], *, rank: int 
     raises one CheckpointWriteError naming `rank` (default: from the file name), the path, the OS
     reason and the fix, with `kept` saying what is intact; HDF5 itself never sees the failure
     (see _GuardedFile). The temp file is removed in every case. Exceptions from `fill` that are
-    not OS errors propagate unchanged.
+    not OS errors propagate unchanged. `libver` goes to h5py.File ("latest" allows SWMR appends later).
     """
     path = Path(path)
     tmp = temp_path(path)
@@ -243,7 +243,7 @@ def write_atomic_h5(path: Path, fill: Callable[[h5py.File], None], *, rank: int 
         try:
             with open(tmp, "w+b", buffering=0) as raw:
                 guarded = _GuardedFile(raw)
-                with h5py.File(guarded, "w") as f:
+                with h5py.File(guarded, "w", libver=libver) as f:
                     fill(f)
                 if guarded.error is not None:
                     needed = guarded.memory.getbuffer().nbytes  # the whole file, completed in memory

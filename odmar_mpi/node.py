@@ -126,6 +126,7 @@ class Node:
         warmup, total = run.warmup_steps, self.cfg.total_steps
         learner = self.learner
         self.telemetry.start_clock(self.step)
+        self.telemetry.open_records(self.run_dir)
         if self.step == 0:
             self.evaluate_random_policy()
         while self.step < total:
@@ -204,7 +205,7 @@ class Node:
             table = self.step_gossip.push((0.0, 0.0))
             if table is not None:
                 self.complete_step(table, learn=False)
-        self.telemetry.write(self.run_dir)
+        self.telemetry.close_records()
 
     def request_stop(self, *_: object) -> None:
         """Signal handler: only sets a flag; it reaches every rank through the per-step gossip."""
@@ -217,6 +218,7 @@ class Node:
             self.learner.evaluated(self.step, transitions)
             team = self.flood.sum(own)
         self.telemetry.evaluation(self.step, own, team)
+        self.telemetry.save_records()
         if not self.cfg.run.progress_every:
             self.progress()
 
@@ -226,6 +228,7 @@ class Node:
             own, _ = self.run_episodes("random")
             team = self.flood.sum(own)
         self.telemetry.random_evaluation(self.step, own, team)
+        self.telemetry.save_records()
 
     def run_episodes(self, mode: str) -> tuple[float, list[Transition]]:
         """`run.eval_episodes` episodes of the learner acting in `mode` on the eval copy: (mean own return,
@@ -282,7 +285,8 @@ class Node:
                                               self.messages) if part is not None)
 
     def free(self) -> None:
-        """Release the communicators; every rank calls it."""
+        """Close the records file and release the communicators; every rank calls it."""
+        self.telemetry.close_records()
         for part in (self.gossip, self.flood, self.step_gossip, self.action_flood, self.messages):
             if part is not None:
                 part.free()
@@ -291,7 +295,7 @@ class Node:
         with self.telemetry.clock("checkpoint"):
             save_checkpoint(self.run_dir, self.rank, self.step, self.state_dict(), keep=self.cfg.run.keep_checkpoints,
                             ranks=self.n_agents)
-            self.telemetry.write(self.run_dir)
+            self.telemetry.save_records()
 
     def resume(self, flood: Flood) -> int:
         """Load the newest checkpoint step that every rank has and can load (checksums verified), falling back

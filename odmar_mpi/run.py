@@ -244,6 +244,7 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
     except (NonFiniteError, NeighbourTimeout, CheckpointError) as err:
         abort_with_message(rank, err)  # one rank's failure ends every rank, with its message first
     flood.barrier()  # every rank has written its records
+    node.free()
     if rank != 0:
         return
     if not completed:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from odmar_mpi.records import Records, Tables, records_path
+from odmar_mpi.records import Records, RecordsFile, Tables, records_path
 
 PHASES = ("act", "messages", "action_flood", "env", "step_gossip", "observe", "model", "consensus", "imagination",
           "updates", "averaging", "eval", "checkpoint")
@@ -82,6 +82,7 @@ class Telemetry:
         # seconds this process has waited for neighbours (the node sets it), and those of the run before a resume
         self.waited: Callable[[], float] = lambda: 0.0
         self.waited_before = 0.0
+        self.file: RecordsFile | None = None
 
     def episode_step(self, step: int, reward: float, own_reward: float, episode_over: bool) -> None:
         """Account one completed transition; at an episode's end, record its returns."""
@@ -126,8 +127,20 @@ class Telemetry:
         print(f"step {step:>7d} [{phase}] | team eval return {self.last_team_eval:9.2f}{optimum} | "
               f"{rate:6.1f} steps/s{note}", flush=True)
 
-    def write(self, run_dir: Path) -> None:
-        self.records.write(records_path(run_dir, self.rank), self.attrs)
+    def open_records(self, run_dir: Path) -> None:
+        """Start this rank's records file with the rows held now; later rows are appended by `save_records`."""
+        if self.file is None:
+            self.file = RecordsFile(records_path(run_dir, self.rank), self.records, self.attrs)
+
+    def save_records(self) -> None:
+        """Append the rows recorded since the last call to the records file."""
+        if self.file is not None:
+            self.file.append()
+
+    def close_records(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
     def state_dict(self) -> dict[str, Any]:
         # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.
