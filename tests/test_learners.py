@@ -42,13 +42,13 @@ class SumOfOne:
         return ConsensusResult(x.copy(), rounds, [0.0] * rounds)
 
 
-def make_learner(algorithm: str, overrides: list[str] = ()):
+def make_learner(algorithm: str, overrides: list[str] = (), device: torch.device = torch.device("cpu")):
     world_name = "simple_spread" if DISCRETE_ACTIONS[algorithm] else "reward-collection"
     cfg = load_config(None, TINY + [f"run.algorithm={algorithm}", f"env.world={world_name}", *overrides])
     world = make_world(cfg, rank=0, n_agents=1)
     cls = learner_class(algorithm)
     records = Records(cls.tables)
-    ctx = LearnerContext(cfg=cfg, world=world, rank=0, n_agents=1, graph=cfg.comm.graph(1, 0), device=torch.device("cpu"),
+    ctx = LearnerContext(cfg=cfg, world=world, rank=0, n_agents=1, graph=cfg.comm.graph(1, 0), device=device,
                          seed=lambda stream: stream_seed(cfg.run.seed, 0, stream), records=records,
                          clock=lambda phase: nullcontext())
     return cls(ctx), world, records
@@ -175,3 +175,82 @@ def test_state_round_trip_continues_identically(algorithm):
     obs = world.reset()
     for mode in ("warmup", "explore", "evaluate"):  # same networks, random streams and recurrent state
         assert np.array_equal(first.act(obs, mode), second.act(obs, mode))
+
+
+def test_ippo_divides_by_the_log_probability_an_action_had_when_it_was_taken():
+    """On a graph of diameter D > 1 a transition completes D - 1 steps after it was acted, so the first ones of a
+    rollout were chosen by the policy before the last update. Here D - 1 = 2: two actions are taken, the update
+    runs on the earlier rollout, then their transitions arrive; the next update's ratio must divide by the
+    log-probabilities under the policy that acted, not by the updated actor's (which is what recomputing gives)."""
+    learner, world, _ = make_learner("ippo", ["ppo.rollout_steps=4", "ppo.epochs=4", "ppo.minibatch_size=4",
+                                              "ppo.actor_lr=0.05"])
+    obs = world.reset()
+    learner.begin_episode("explore")
+    taken = []
+
+    def step(observe: bool = True):
+        nonlocal obs
+        action = learner.act(obs, "explore")
+        next_obs, reward, terminated, truncated = world.step(action, np.atleast_1d(action).reshape(1, -1))
+        taken.append((Transition(obs, action, 1.0 + reward, next_obs, terminated, truncated), learner.acted[-1]))
+        obs = next_obs
+        if observe:
+            learner.observe(taken[-1][0])
+
+    for _ in range(4):
+        step()
+    step(observe=False), step(observe=False)  # acted, not yet complete (the gossip's D - 1 steps)
+    learner.model_step(4, SumOfOne())  # the update and averaging: the actor changes
+    batches = []
+    update = learner.ppo.update
+    learner.ppo.update = lambda batch, generator: batches.append(batch) or update(batch, generator)
+    for transition, _ in taken[4:6]:  # now they complete
+        learner.observe(transition)
+    step(), step()
+    learner.model_step(8, SumOfOne())
+    old = batches[0].old_log_probs
+    behaviour = torch.tensor([log_prob for _, log_prob in taken[4:]])
+    torch.testing.assert_close(old, behaviour, rtol=0, atol=1e-6)
+    x = torch.as_tensor(np.stack([t.obs for t, _ in taken[4:6]]), dtype=torch.float32)
+    actions = torch.tensor([int(t.action) for t, _ in taken[4:6]])
+    recomputed = learner.ppo.actor(x).log_softmax(-1).gather(-1, actions[:, None]).squeeze(-1)
+    assert (recomputed - behaviour[:2]).abs().max() > 1e-3  # the updated actor would have given other values
+
+
+def test_ippo_trains_on_none_of_warm_ups_random_actions():
+    learner, world, _ = make_learner("ippo", ["ppo.rollout_steps=4"])
+    feed(learner, world, 6)
+    assert learner.rollout == [] and not learner.acted
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("algorithm", ["mamba", "ippo"])
+def test_mamba_and_ippo_train_on_the_gpu_end_to_end(algorithm):
+    """Parameters, replay, generators, imagination and PPO on cuda; a state round trip continues identically."""
+    learner, world, records = make_learner(algorithm, ["run.device=cuda", "ppo.rollout_steps=10"],
+                                           device=torch.device("cuda"))
+    obs = world.reset()
+    learner.begin_episode("explore")
+    for step in range(1, 61):
+        action = learner.act(obs, "explore" if step > 20 else "warmup")
+        next_obs, reward, terminated, truncated = world.step(action, np.atleast_1d(action).reshape(1, -1))
+        learner.observe(Transition(obs, action, reward, next_obs, terminated, truncated))
+        obs = world.reset() if terminated or truncated else next_obs
+        if step > 20 and step % 10 == 0:
+            learner.model_step(step, SumOfOne())
+    modules = [learner.ppo.actor, learner.ppo.critic] + ([learner.model] if algorithm == "mamba" else [])
+    assert all(p.device.type == "cuda" for module in modules for p in module.parameters())
+    assert learner.generator.device.type == "cuda"
+    if algorithm == "mamba":
+        assert learner.buffer.rows.storage.device.type == "cuda"
+    table = "mamba" if algorithm == "mamba" else "ppo"
+    assert len(records.rows[table]) >= 2 and np.isfinite(records.column(table, "policy_loss")).all()
+    state = learner.state_dict()
+    twin, _, _ = make_learner(algorithm, ["run.device=cuda", "ppo.rollout_steps=10"], device=torch.device("cuda"))
+    twin.load_state_dict(state)
+    for a, b in zip(learner.ppo.actor.parameters(), twin.ppo.actor.parameters()):
+        assert torch.equal(a, b)
+    assert learner.act(obs, "explore") == twin.act(obs, "explore")

@@ -4,12 +4,14 @@ records, the report's keys, bit-identical resume. These tests start their own MP
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from odmar_mpi.checkpoint import local_steps, verify_checkpoint
 from odmar_mpi.records import read_records, records_path
 from test_run_e2e import MPIEXEC, ROOT, assert_same_tree, learning_state
 
@@ -88,3 +90,25 @@ def test_ippo_trains_on_real_data_through_the_same_node(tmp_path):
     np.testing.assert_array_equal(tables["ppo"]["step"], [100, 150, 200])
     assert tables["ppo"]["samples"].tolist() == [50, 50, 50]
     assert np.isfinite(tables["ppo"]["policy_loss"]).all()
+
+
+@pytest.mark.parametrize("algorithm, blow_up, quantity", [
+    ("mamba", "world_model.lr=1e30", r"MAMBA's (world-model losses and gradient norm|actor and critic losses)"),
+    ("ippo", "ppo.actor_lr=1e30", r"IPPO's losses"),
+])
+def test_a_non_finite_loss_stops_the_run_before_averaging_and_keeps_the_last_checkpoint(tmp_path, algorithm, blow_up,
+                                                                                         quantity):
+    """A learning rate of 1e30 sends the weights to ~1e30 in one Adam step: the next loss overflows. The run must
+    stop at the first training phase (step 50 for MAMBA, 100 for IPPO), naming the rank, step and quantity, before
+    the weights reach a neighbour, with the checkpoint of step 25 intact and none written after it."""
+    run_dir = tmp_path / algorithm
+    result = run_job("--out", str(run_dir), overrides=[*TINY, f"run.algorithm={algorithm}", blow_up,
+                                                        "run.checkpoint_every=25", "mamba.model_updates=2"])
+    assert result.returncode != 0
+    stop = 50 if algorithm == "mamba" else 100
+    assert re.search(rf"rank \d, step {stop}: {quantity} contain NaN or inf; the run stops here, before any averaging",
+                     result.stderr), result.stderr
+    for rank in range(RANKS):
+        steps = local_steps(run_dir, rank)
+        assert max(steps) == stop - 25, steps
+        assert verify_checkpoint(run_dir, rank, stop - 25, RANKS) is None  # intact: checksums and shape verified

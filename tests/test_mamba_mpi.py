@@ -3,8 +3,9 @@
 - Every rank's deterministic state h_t over an episode, computed from its own observations and its
   neighbours' messages, equals MAMBA's all-agent transition on a complete graph (tests/mamba_reference.py,
   written from the equations) to float32 round-off.
-- Averaging the weights on a complete graph with uniform weights equals parameter sharing with averaged
-  gradients; on a ring the ranks' disagreement shrinks geometrically.
+- The learner's own weight averaging on a complete graph with uniform weights: after plain SGD steps it is
+  one model stepped on the mean gradient; after the shipped Adam step it is the mean of the ranks' Adam
+  steps, with each rank's moments its own. On a ring the ranks' disagreement shrinks geometrically.
 - The world copies of all ranks stay identical over an episode of random joint actions.
 
 Collectives come before assertions, so a failure on one rank cannot leave the others waiting.
@@ -84,23 +85,82 @@ def test_the_world_copies_of_all_ranks_stay_identical_under_random_joint_actions
     assert all(own[r] != own[0] for r in range(1, comm.Get_size()))
 
 
-def sgd_step(weights: np.ndarray, gradient: np.ndarray, lr: float = 0.1) -> np.ndarray:
-    return weights - lr * gradient
+def filled(learner, rank: int, rows: int = 60) -> None:
+    """Rows of this rank's own (random) data in the learner's replay: each rank's gradient differs."""
+    rng = np.random.default_rng(100 + rank)
+    c, h = learner.model_config.n_categoricals, learner.model_config.deterministic
+    for t in range(rows):
+        learner.buffer.add(rng.normal(size=learner.model.obs_dim), int(rng.integers(5)), float(rng.normal()), False,
+                           t % 12 == 0, rng.integers(5, size=learner.slots),
+                           rng.integers(learner.model_config.n_classes, size=(learner.slots, c)),
+                           rng.normal(size=(learner.slots, h)), np.ones(learner.slots, dtype=bool))
+
+
+def model_gradient(learner) -> torch.Tensor:
+    """The world model's loss gradient on one replayed batch of this rank's data, flattened (float64)."""
+    batch = learner.buffer.sample(learner.settings.batch_size, learner.settings.sequence_length)
+    learner.model.train()
+    learner.model.zero_grad(set_to_none=True)
+    learner.model.loss(batch, learner.graph, learner.generator)["total"].backward()
+    learner.model.eval()
+    return torch.cat([p.grad.reshape(-1) for p in learner.model.parameters()]).double()
+
+
+def model_vector(learner) -> np.ndarray:
+    return torch.nn.utils.parameters_to_vector(learner.model.parameters()).detach().double().numpy()
 
 
 @pytest.mark.mpi(min_size=2)
-def test_averaging_on_a_complete_graph_with_uniform_weights_is_parameter_sharing(comm):
-    n, rank = comm.Get_size(), comm.Get_rank()
-    graph = build_graph("complete", n)
-    weights = mixing_matrix(graph, "max-degree")  # complete graph: every entry 1/n
-    gossip = VectorGossip(comm, graph, weights, algorithm="finite-time", rounds=None, tol=None, timeout_s=30)
-    rng = np.random.default_rng(7)
-    theta = rng.normal(size=50)  # the same start on every rank (shared seed)
-    gradients = rng.normal(size=(n, 50))  # rank r's gradient: row r
-    mixed = gossip.mix(sgd_step(theta, gradients[rank])).value
-    gossip.free()
-    shared = sgd_step(theta, gradients.mean(0))  # one shared copy stepped with the averaged gradient
-    np.testing.assert_allclose(mixed, shared, rtol=0, atol=1e-14)  # round-off of a sum of n terms
+def test_the_learners_averaging_after_sgd_steps_is_one_model_stepped_on_the_mean_gradient(comm, tmp_path):
+    """D-PSGD on a complete graph with uniform weights (every entry of W is 1/n): each rank steps on its own batch,
+    then the learner's own averaging; the ranks then hold one shared model stepped on the mean gradient."""
+    lr = 0.05
+    node = make_node(comm, "complete", tmp_path)
+    learner = node.learner
+    filled(learner, comm.Get_rank())
+    start = model_vector(learner)
+    gradient = model_gradient(learner)
+    torch.optim.SGD(learner.model.parameters(), lr=lr).step()
+    stepped = model_vector(learner)
+    learner.average_weights(node.gossip, step=1)
+    averaged = model_vector(learner)
+    node.free()
+    starts, gradients, everyone = comm.allgather(start), comm.allgather(gradient.numpy()), comm.allgather(averaged)
+    shared = start - lr * np.mean(gradients, axis=0)  # one model, the mean gradient, in float64
+    for other in starts:
+        np.testing.assert_array_equal(other, start)  # one shared initial model
+    assert np.abs(stepped - shared).max() > 1e-4  # a rank's own step is not the shared one ...
+    np.testing.assert_allclose(averaged, shared, rtol=0, atol=4e-7)  # ... the average is: float32 round-off
+    for other in everyone:
+        np.testing.assert_allclose(other, averaged, rtol=0, atol=1e-7)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_with_adam_the_average_is_the_mean_of_the_ranks_adam_steps_and_the_moments_stay_local(comm, tmp_path):
+    """The shipped optimiser (Adam, moments kept by each rank): averaging the weights after one Adam step gives
+    the mean of the ranks' own Adam steps, which is not Adam on the mean gradient (Adam's step is not linear in
+    the gradient), and every rank keeps its own moments, so their next steps differ in scale too."""
+    node = make_node(comm, "complete", tmp_path)
+    learner = node.learner
+    filled(learner, comm.Get_rank())
+    start = model_vector(learner)
+    gradient = model_gradient(learner)
+    learner.model_optimizer.step()
+    stepped = model_vector(learner)
+    learner.average_weights(node.gossip, step=1)
+    averaged = model_vector(learner)
+    moments = torch.cat([state["exp_avg_sq"].reshape(-1) for state in learner.model_optimizer.state.values()])
+    node.free()
+    everyone_stepped, gradients = comm.allgather(stepped), comm.allgather(gradient.numpy())
+    everyone_moments = comm.allgather(moments.double().numpy())
+    np.testing.assert_allclose(averaged, np.mean(everyone_stepped, axis=0), rtol=0, atol=1e-7)
+    lr, eps = learner.model_config.lr, 1e-8
+    mean_gradient = np.mean(gradients, axis=0)
+    shared_adam = start - lr * mean_gradient / (np.abs(mean_gradient) + eps)  # Adam's first step on the mean gradient
+    gap = np.abs(averaged - shared_adam)
+    assert gap.max() > 0.5 * lr  # where the ranks' gradients disagree in sign, the steps cancel
+    assert gap.max() <= 2 * lr + 1e-6  # but no coordinate moves by more than Adam's step bound
+    assert np.abs(everyone_moments[0] - everyone_moments[1]).max() > 0  # moments: each rank's own gradient
 
 
 @pytest.mark.mpi(min_size=4)  # a ring of 3 is a complete graph: one round averages exactly

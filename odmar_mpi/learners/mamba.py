@@ -166,10 +166,7 @@ class MAMBALearner(Learner):
         if len(self.buffer) < self.settings.sequence_length:
             return
         stats = self.train_phase(step)
-        with self.ctx.clock("averaging"):
-            disagreement, parameter_bytes = average_with_neighbours(
-                self.shared_parameters(), gossip, self.ctx.cfg.comm.parameter_rounds, self.ctx.rank, step,
-                "MAMBA's world-model, actor and critic parameters")
+        disagreement, parameter_bytes = self.average_weights(gossip, step)
         self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
                                 parameter_bytes=parameter_bytes,
                                 message_bytes_per_step=8 * self.message_size * self.slots)
@@ -223,6 +220,14 @@ class MAMBALearner(Learner):
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
+
+    def average_weights(self, gossip: VectorGossip, step: int) -> tuple[float, float]:
+        """D-PSGD's averaging of the world model, actor and critic with the neighbours (`comm.parameter_rounds`
+        rounds); the optimisers' moments stay this rank's own (docs/architecture.md, "MAMBA"). Returns the
+        disagreement before it and the bytes sent to each neighbour. Collective."""
+        with self.ctx.clock("averaging"):
+            return average_with_neighbours(self.shared_parameters(), gossip, self.ctx.cfg.comm.parameter_rounds,
+                                           self.ctx.rank, step, "MAMBA's world-model, actor and critic parameters")
 
     # ------------------------------------------------------------------ state
 
