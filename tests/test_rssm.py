@@ -127,26 +127,26 @@ def test_ring_mask_only_neighbours_influence_an_agent() -> None:
     n = 6
     graph = local_graph(0, list(range(1, n)), ring(n))  # all six agents as one set, attention along the ring
     g = torch.Generator().manual_seed(2)
-    state = RSSMState(torch.randn(1, n, CONFIG.deterministic, generator=g),
-                      m.rssm.latents(torch.randint(0, CONFIG.n_classes, (1, n, CONFIG.n_categoricals), generator=g)))
+    h = torch.randn(1, n, CONFIG.deterministic, generator=g)
+    latent = torch.randint(0, CONFIG.n_classes, (1, n, CONFIG.n_categoricals), generator=g)
     actions = torch.randint(0, N_ACTIONS, (1, n), generator=g)
     attend = attention_mask(torch.ones(1, n, dtype=torch.bool), graph.adjacency)
 
-    def next_h(z: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    def next_h(latent: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return m.rssm.imagine_step(RSSMState(state.h, z), acts, attend, graph.member_ids, g)[0].h[0]
+            return m.rssm.imagine_step(h, latent, acts, attend, m.rssm.comm.positions(graph.member_ids), g)[0][0]
 
-    base = next_h(state.z, actions)
-    other_z = state.z.clone()
-    other_z[0, 3] = state.z[0, 3].roll(1)  # agent 3 is two hops from agent 0
+    base = next_h(latent, actions)
+    other_latent = latent.clone()
+    other_latent[0, 3] = (latent[0, 3] + 1) % CONFIG.n_classes  # agent 3 is two hops from agent 0
     other_actions = actions.clone()
     other_actions[0, 3] = (actions[0, 3] + 1) % N_ACTIONS
-    changed = next_h(other_z, other_actions)
+    changed = next_h(other_latent, other_actions)
     assert torch.equal(changed[0], base[0])  # masked weights are exactly 0
     assert not torch.equal(changed[2], base[2]) and not torch.equal(changed[4], base[4])  # its neighbours see it
-    neighbour_z = state.z.clone()
-    neighbour_z[0, 1] = state.z[0, 1].roll(1)
-    assert not torch.equal(next_h(neighbour_z, actions)[0], base[0])
+    neighbour_latent = latent.clone()
+    neighbour_latent[0, 1] = (latent[0, 1] + 1) % CONFIG.n_classes
+    assert not torch.equal(next_h(neighbour_latent, actions)[0], base[0])
 
 
 def test_local_graph_keeps_only_edges_inside_the_neighbourhood() -> None:
@@ -281,14 +281,16 @@ def test_imagination_on_a_complete_graph_follows_the_all_agent_equations() -> No
     g = torch.Generator().manual_seed(9)
     imagined = m.imagine(tiny_batch(), random_policy(g), TRIANGLE, g)
     steps, n = CONFIG.horizon, 3
-    assert imagined.features.shape == (steps + 1, 6 * 4, n, CONFIG.features)
+    assert imagined.features.shape == (steps + 1, 6 * 4, n, CONFIG.compact_features)
     assert imagined.rewards.shape == imagined.continues.shape == (steps, 6 * 4)
-    z, h = imagined.features.split([CONFIG.stochastic, CONFIG.deterministic], -1)
+    latent, h = imagined.features.split([CONFIG.n_categoricals, CONFIG.deterministic], -1)
+    assert torch.equal(latent, latent.round()) and latent.min() >= 0 and latent.max() < CONFIG.n_classes
+    z = m.rssm.latents(latent.long())  # one-hot, for the equations
     with torch.no_grad():
         for t in range(steps):
             torch.testing.assert_close(h[t + 1], reference_transition(m, h[t], imagined.actions[t], z[t]),
                                        atol=ROUND_OFF, rtol=0)
-        own = torch.cat([z[:-1, :, 0], h[1:, :, 0]], -1)  # reward reads [z_t, h_{t+1}] of member 0
+        own = torch.cat([z[:-1, :, 0], h[1:, :, 0]], -1)  # reward reads [z_t, h_{t+1}] of member 0, one-hot here
         torch.testing.assert_close(imagined.rewards, m.reward(own).squeeze(-1), atol=ROUND_OFF, rtol=0)
 
 

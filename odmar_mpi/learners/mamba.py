@@ -25,7 +25,7 @@ import torch
 from odmar_mpi.comm.consensus import VectorGossip
 from odmar_mpi.learners.base import (TRAINING_MODES, Learner, LearnerContext, Transition, average_with_neighbours,
                                      require_finite)
-from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, features, local_graph
+from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, local_graph
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.policy.sequences import SequenceBuffer
 from odmar_mpi.streams import shared_seed
@@ -68,7 +68,8 @@ class MAMBALearner(Learner):
         self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions,
                                 shared_seed(cfg.run.seed, "model")).to(device)
         self.model_optimizer = self.model.make_optimizer()
-        self.ppo = PPO(self.model_config.features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"), device)
+        self.ppo = PPO(self.model_config.compact_features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"),
+                       device, classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
                                      self.model_config.deterministic, seed=ctx.seed("replay"), device=device)
         self.generator = torch.Generator(device).manual_seed(ctx.seed("policy"))
@@ -126,7 +127,7 @@ class MAMBALearner(Learner):
             action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
         else:
             greedy = mode != "explore" and self.ctx.cfg.ppo.evaluation == "argmax"
-            action = self.ppo.actor.act(features(state), generator, greedy)[0]
+            action = self.ppo.actor.act(self.model.rssm.features(state), generator, greedy)[0]
         if copy is self.copies["train"]:
             self.pending.append((copy.first, self.empty_messages()))
         copy.state, copy.action, copy.first = state, action, False

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from odmar_mpi.layers import CategoricalLinear, initialise
 from odmar_mpi.model.settings import WorldModelConfig
 
 Tensor = torch.Tensor
@@ -83,7 +84,7 @@ class Observation(NamedTuple):
 class Imagination(NamedTuple):
     """A neighbourhood's imagined trajectory; rewards and continuation probabilities are member 0's."""
 
-    features: Tensor  # (H + 1, n, M, features) [z, h] of every member, states 0..H
+    features: Tensor  # (H + 1, n, M, C + H) compact [z, h] of every member, states 0..H (`compact_features`)
     actions: Tensor  # (H, n, M) long
     rewards: Tensor  # (H, n) predicted reward of member 0 after its action at step t
     continues: Tensor  # (H, n) predicted probability that member 0's episode goes on after step t
@@ -102,10 +103,13 @@ def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Se
     return LocalGraph(ids.clamp(min=0), adjacency)
 
 
-def mlp(in_dim: int, out_dim: int, layers: int, hidden: int, activation: type[nn.Module]) -> nn.Sequential:
+def mlp(in_dim: int, out_dim: int, layers: int, hidden: int, activation: type[nn.Module],
+        classes: Sequence[int] = ()) -> nn.Sequential:
     """MAMBA's build_model: `layers` hidden layers of width `hidden`, each followed by `activation`, then a
-    linear output."""
-    modules: list[nn.Module] = [nn.Linear(in_dim, hidden), activation()]
+    linear output; with `classes`, the first layer reads features [z, h] one-hot or compact
+    (odmar_mpi.layers.CategoricalLinear), `in_dim` being the one-hot width."""
+    first = CategoricalLinear(classes, in_dim - sum(classes), hidden) if classes else nn.Linear(in_dim, hidden)
+    modules: list[nn.Module] = [first, activation()]
     for _ in range(layers - 1):
         modules += [nn.Linear(hidden, hidden), activation()]
     return nn.Sequential(*modules, nn.Linear(hidden, out_dim))
@@ -158,39 +162,56 @@ class AttentionLayer(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.norm2 = nn.LayerNorm(width)
 
-    def forward(self, x: Tensor, attend: Tensor, generator: torch.Generator) -> Tensor:
-        """x (..., M, width), attend (..., M, M) bool -> (..., M, width)."""
+    def forward(self, x: Tensor, attend: Tensor, generator: torch.Generator, own_only: bool = False) -> Tensor:
+        """x (..., M, width), attend (..., M, M) bool -> (..., M, width), or with `own_only` row 0 alone,
+        (..., 1, width): only member 0's query is formed (what an agent's own transition reads)."""
         *batch, m, width = x.shape
-        q, k, v = self.in_proj(x).view(*batch, m, 3, self.heads, width // self.heads).transpose(-2, -4).unbind(-3)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(width // self.heads)  # (..., heads, M, M)
-        weights = scores.masked_fill(~attend.unsqueeze(-3), float("-inf")).softmax(-1)
+        rows = 1 if own_only else m
+        head = width // self.heads
+        query = x[..., :rows, :]
+        w, b = self.in_proj.weight, self.in_proj.bias
+        q = F.linear(query, w[:width], b[:width]).view(*batch, rows, self.heads, head).transpose(-2, -3)
+        k, v = F.linear(x, w[width:], b[width:]).view(*batch, m, 2, self.heads, head).transpose(-2, -4).unbind(-3)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(head)  # (..., heads, rows, M)
+        weights = scores.masked_fill(~attend[..., :rows, :].unsqueeze(-3), float("-inf")).softmax(-1)
         weights = dropout(weights, self.p_dropout, self.training, generator)
-        mixed = (weights @ v).transpose(-2, -3).reshape(*batch, m, width)
-        x = self.norm1(x + dropout(self.out_proj(mixed), self.p_dropout, self.training, generator))
+        mixed = (weights @ v).transpose(-2, -3).reshape(*batch, rows, width)
+        x = self.norm1(query + dropout(self.out_proj(mixed), self.p_dropout, self.training, generator))
         hidden = dropout(F.relu(self.linear1(x)), self.p_dropout, self.training, generator)
         return self.norm2(x + dropout(self.linear2(hidden), self.p_dropout, self.training, generator))
 
 
 class CommunicationBlock(nn.Module):
-    """Tokens ReLU(Linear([one_hot(a), z])) (+ sinusoid of the agent index) mixed by masked attention layers."""
+    """Tokens ReLU(Linear([one_hot(a), z])) (+ sinusoid of the agent index) mixed by masked attention layers.
+
+    A member's token input is one-hot [one_hot(a), z] (width n_actions + C K; the agent's own z carries
+    straight-through gradients in training) or indexed [a, z's class indices] (width 1 + C, -1 = none: what
+    neighbours send, and every member in imagination), read by one CategoricalLinear."""
 
     def __init__(self, config: WorldModelConfig, n_actions: int) -> None:
         super().__init__()
         self.n_actions = n_actions
         self.position_encoding = config.position_encoding
-        self.token = nn.Sequential(nn.Linear(n_actions + config.stochastic, config.model_hidden), nn.ReLU())
+        classes = (n_actions, *[config.n_classes] * config.n_categoricals)
+        self.token = nn.Sequential(CategoricalLinear(classes, 0, config.model_hidden, optional=True), nn.ReLU())
         self.layers = nn.ModuleList(AttentionLayer(config.model_hidden, config.comm_heads, config.comm_dropout)
                                     for _ in range(config.comm_layers))
 
-    def forward(self, actions: Tensor, latents: Tensor, attend: Tensor, member_ids: Tensor,
-                generator: torch.Generator) -> Tensor:
-        """actions (..., M) long (-1 = none), latents (..., M, C * K), attend (..., M, M), member_ids (M,)
-        -> (..., M, model_hidden), row a = what member a feeds its GRU."""
-        x = self.token(torch.cat([one_hot(actions, self.n_actions), latents], -1))
-        if self.position_encoding:
-            x = x + position_encoding(member_ids, x.shape[-1])
-        for layer in self.layers:
-            x = layer(x, attend, generator)
+    def positions(self, member_ids: Tensor) -> Tensor | float:
+        """What each member's token adds, (M, model_hidden) (0 without position encoding)."""
+        if not self.position_encoding:
+            return 0.0
+        return position_encoding(member_ids, self.token[0].out_features)
+
+    def forward(self, inputs: Sequence[Tensor], attend: Tensor, positions: Tensor | float, generator: torch.Generator,
+                own_only: bool = False) -> Tensor:
+        """Token inputs of consecutive member groups (each (..., M_g, width), one-hot or indexed; together M
+        members), attend (..., M, M), positions from `positions` -> (..., M, model_hidden), row a = what member a
+        feeds its GRU; with `own_only` the last layer gives row 0 alone, (..., 1, model_hidden)."""
+        tokens = [self.token(x) for x in inputs]
+        x = (tokens[0] if len(tokens) == 1 else torch.cat(tokens, -2)) + positions
+        for k, layer in enumerate(self.layers):
+            x = layer(x, attend, generator, own_only=own_only and k == len(self.layers) - 1)
         return x
 
 
@@ -211,8 +232,8 @@ class RSSM(nn.Module):
         return RSSMState(torch.zeros(*batch_shape, self.config.deterministic, device=device),
                          torch.zeros(*batch_shape, self.config.stochastic, device=device))
 
-    def sample(self, logits: Tensor, generator: torch.Generator) -> Tensor:
-        """logits (..., C * K) -> one-hot sample (..., C * K) whose gradient is that of the probabilities.
+    def sample_indices(self, logits: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """logits (..., C * K) -> (class index of each categorical (..., C) long, probabilities (..., C, K)).
 
         Each categorical is drawn by inverting its CDF at one uniform number (the first class whose cumulative
         probability reaches u): exact, and several times faster on CPU than torch.multinomial, which spent
@@ -220,7 +241,11 @@ class RSSM(nn.Module):
         probs = logits.unflatten(-1, (self.config.n_categoricals, self.config.n_classes)).softmax(-1)
         cumulative = probs.detach().cumsum(-1)
         u = torch.rand(cumulative.shape[:-1] + (1,), generator=generator, device=logits.device, dtype=probs.dtype)
-        indices = (cumulative < u * cumulative[..., -1:]).sum(-1).clamp(max=self.config.n_classes - 1)
+        return (cumulative < u * cumulative[..., -1:]).sum(-1).clamp(max=self.config.n_classes - 1), probs
+
+    def sample(self, logits: Tensor, generator: torch.Generator) -> Tensor:
+        """logits (..., C * K) -> one-hot sample (..., C * K) whose gradient is that of the probabilities."""
+        indices, probs = self.sample_indices(logits, generator)
         return (F.one_hot(indices, self.config.n_classes).to(probs.dtype) + probs - probs.detach()).flatten(-2)
 
     def latent_indices(self, z: Tensor) -> Tensor:
@@ -231,14 +256,19 @@ class RSSM(nn.Module):
         """Class indices (..., C) long (-1 = none) -> one-hot z (..., C * K)."""
         return one_hot(indices, self.config.n_classes).flatten(-2)
 
+    def features(self, state: RSSMState) -> Tensor:
+        """The compact features [z's class indices, h] of a state (MAMBA's [z, h] order): what the actor reads."""
+        return compact_features(state.h, self.latent_indices(state.z))
+
     def _deterministic(self, h: Tensor, z: Tensor, action: Tensor, neighbour_actions: Tensor,
-                       neighbour_latents: Tensor, attend: Tensor, member_ids: Tensor,
+                       neighbour_latents: Tensor, attend: Tensor, positions: Tensor | float,
                        generator: torch.Generator) -> Tensor:
         """Agent i's next h (B, H) from its state (h, z) (B, .), its action (B,) and its neighbours' actions
-        (B, N) and one-hot latents (B, N, C * K); only member 0's row of the block is used."""
-        actions = torch.cat([action.unsqueeze(-1), neighbour_actions], -1)
-        latents = torch.cat([z.unsqueeze(-2), neighbour_latents], -2)
-        return self.cell(self.comm(actions, latents, attend, member_ids, generator)[..., 0, :], h)
+        (B, N) and latent class indices (B, N, C) (-1 = none); only member 0's row of the block is formed."""
+        own = torch.cat([one_hot(action, self.n_actions), z], -1).unsqueeze(-2)
+        neighbours = torch.cat([neighbour_actions.unsqueeze(-1), neighbour_latents], -1).to(z.dtype)
+        row = self.comm([own, neighbours], attend, positions, generator, own_only=True)[..., 0, :]
+        return self.cell(row, h)
 
     def _distributions(self, h: Tensor, embed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """(prior logits, posterior logits, posterior sample) at h with observation embedding `embed`."""
@@ -255,8 +285,8 @@ class RSSM(nn.Module):
         attend = attention_mask(with_self(messages.valid), graph.adjacency)
         h = self._deterministic(previous.h * keep, previous.z * keep, previous_action.masked_fill(is_first, -1),
                                 messages.action.masked_fill(is_first.unsqueeze(-1), -1),
-                                self.latents(messages.latent.masked_fill(is_first[..., None, None], -1)),
-                                attend, graph.member_ids, generator)
+                                messages.latent.masked_fill(is_first[..., None, None], -1),
+                                attend, self.comm.positions(graph.member_ids), generator)
         prior_logits, posterior_logits, z = self._distributions(h, embed, generator)
         return RSSMState(h, z), prior_logits, posterior_logits
 
@@ -267,56 +297,63 @@ class RSSM(nn.Module):
         zero state; is_first rows reset (h_next of the row before is still the continuation)."""
         steps, batch = action.shape
         attend = attention_mask(with_self(messages.valid), graph.adjacency)  # (T, B, M, M)
-        neighbour_latents = self.latents(messages.latent)
+        positions = self.comm.positions(graph.member_ids)
         none_action = torch.full_like(messages.action[0], -1)
-        none_latents = torch.zeros_like(neighbour_latents[0])
+        none_latents = torch.full_like(messages.latent[0], -1)
         start = self.initial((batch,), embed.device)
 
         def restart(rows: Tensor, attend_rows: Tensor) -> Tensor:  # zero state, no action, no messages
             return self._deterministic(start.h[rows], start.z[rows], rows.new_full(rows.shape, -1), none_action[rows],
-                                       none_latents[rows], attend_rows, graph.member_ids, generator)
+                                       none_latents[rows], attend_rows, positions, generator)
+
+        def following(t: int) -> Tensor:  # h_{t+1} from row t's state and actions
+            return self._deterministic(hs[-1], zs[-1], action[t], messages.action[t], messages.latent[t], attend[t],
+                                       positions, generator)
 
         hs, zs, posteriors, priors, h_next = [], [], [], [], []
         for t in range(steps):
             if t == 0:
-                h = restart(torch.arange(batch), attend[0])
+                h = restart(torch.arange(batch, device=embed.device), attend[0])
             else:
-                h = self._deterministic(hs[-1], zs[-1], action[t - 1], messages.action[t - 1],
-                                        neighbour_latents[t - 1], attend[t - 1], graph.member_ids, generator)
+                h = following(t - 1)
                 h_next.append(h)
                 rows = is_first[t].nonzero().squeeze(-1)
                 if len(rows):  # episodes that start inside the window
                     h = h.index_put((rows,), restart(rows, attend[t - 1, rows]))
             prior_logits, posterior_logits, z = self._distributions(h, embed[t], generator)
             hs.append(h), zs.append(z), priors.append(prior_logits), posteriors.append(posterior_logits)
-        h_next.append(self._deterministic(hs[-1], zs[-1], action[-1], messages.action[-1], neighbour_latents[-1],
-                                          attend[-1], graph.member_ids, generator))
+        h_next.append(following(steps - 1))
         stack = torch.stack
         return Observation(stack(hs), stack(zs), stack(posteriors), stack(priors), stack(h_next))
 
-    def imagine_step(self, state: RSSMState, actions: Tensor, attend: Tensor, member_ids: Tensor,
-                     generator: torch.Generator) -> tuple[RSSMState, Tensor]:
-        """Step every member of a neighbourhood with the prior: state (n, M, .), actions (n, M) long,
-        attend (n, M, M) -> (next state, prior logits (n, M, C * K))."""
-        x = self.comm(actions, state.z, attend, member_ids, generator)
-        h = self.cell(x.flatten(0, -2), state.h.flatten(0, -2)).view_as(state.h)
+    def imagine_step(self, h: Tensor, latent: Tensor, actions: Tensor, attend: Tensor, positions: Tensor | float,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Step every member of a neighbourhood with the prior: h (n, M, H), latent class indices (n, M, C),
+        actions (n, M) long, attend (n, M, M) -> (next h, next latent indices (sampled), prior logits)."""
+        inputs = torch.cat([actions.unsqueeze(-1), latent], -1).to(h.dtype)
+        x = self.comm([inputs], attend, positions, generator)
+        h = self.cell(x.flatten(0, -2), h.flatten(0, -2)).view_as(h)
         logits = self.prior(h)
-        return RSSMState(h, self.sample(logits, generator)), logits
+        return h, self.sample_indices(logits, generator)[0], logits
 
-    def imagine(self, start: RSSMState, policy: Callable[[Tensor], Tensor], horizon: int, attend: Tensor,
-                member_ids: Tensor, generator: torch.Generator) -> tuple[RSSMState, Tensor]:
-        """Roll a neighbourhood forward `horizon` steps, every member acting with `policy(features (n, M, F))
-        -> (n, M) long`: returns states (H + 1, n, M, .) (state 0 = start) and actions (H, n, M)."""
-        states, actions = [start], []
+    def imagine(self, h: Tensor, latent: Tensor, policy: Callable[[Tensor], Tensor], horizon: int, attend: Tensor,
+                member_ids: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Roll a neighbourhood forward `horizon` steps from h (n, M, H) and latent class indices (n, M, C), every
+        member acting with `policy(compact features (n, M, C + H)) -> (n, M) long`: returns h (H + 1, n, M, H),
+        latent indices (H + 1, n, M, C) (state 0 = the start) and actions (H, n, M)."""
+        positions = self.comm.positions(member_ids)
+        hs, latents, actions = [h], [latent], []
         for _ in range(horizon):
-            actions.append(policy(features(states[-1])))
-            states.append(self.imagine_step(states[-1], actions[-1], attend, member_ids, generator)[0])
-        return RSSMState(*(torch.stack(parts) for parts in zip(*states))), torch.stack(actions)
+            actions.append(policy(compact_features(hs[-1], latents[-1])))
+            h, latent, _ = self.imagine_step(hs[-1], latents[-1], actions[-1], attend, positions, generator)
+            hs.append(h), latents.append(latent)
+        return torch.stack(hs), torch.stack(latents), torch.stack(actions)
 
 
-def features(state: RSSMState) -> Tensor:
-    """[z, h] (MAMBA's order), what heads and the actor read."""
-    return torch.cat([state.z, state.h], -1)
+def compact_features(h: Tensor, latent: Tensor) -> Tensor:
+    """[z, h] with z as its C class indices (as floats), (..., C + H): what the actor, the critic and the heads
+    read without multiplying by z's zeros (odmar_mpi.layers.CategoricalLinear)."""
+    return torch.cat([latent.to(h.dtype), h], -1)
 
 
 def kl_balanced(posterior_logits: Tensor, prior_logits: Tensor, n_classes: int, balance: float) -> Tensor:
@@ -345,15 +382,15 @@ class WorldModel(nn.Module):
             self.rssm = RSSM(config, n_actions)
             self.decoder = nn.Sequential(mlp(config.features, config.hidden, 2, config.hidden, nn.ReLU), nn.ReLU())
             self.decoder_out = nn.Linear(config.hidden, obs_dim)
-            self.reward = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU)
-            self.discount = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU)
-            self.available = (mlp(config.features, n_actions, config.head_layers, config.head_hidden, nn.ELU)
+            # the heads imagination reads take [z, h] one-hot (training) or compact (imagination)
+            classes = [config.n_classes] * config.n_categoricals
+            self.reward = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU, classes)
+            self.discount = mlp(config.features, 1, config.head_layers, config.head_hidden, nn.ELU, classes)
+            self.available = (mlp(config.features, n_actions, config.head_layers, config.head_hidden, nn.ELU, classes)
                               if available_actions else None)
             self.action_predictor = nn.Sequential(mlp(config.hidden, config.head_hidden, 1, config.head_hidden, nn.ELU),
                                                   nn.ReLU(), nn.Linear(config.head_hidden, n_actions))
-            for parameter in self.parameters():
-                if parameter.dim() >= 2:
-                    nn.init.xavier_uniform_(parameter)
+            initialise(self, nn.init.xavier_uniform_)
         self.eval()  # dropout only inside `update`, as MAMBA
 
     def make_optimizer(self) -> torch.optim.Adam:
@@ -407,20 +444,22 @@ class WorldModel(nn.Module):
         """Imagine agent i's neighbourhood `config.horizon` steps from the rows of a replayed batch (every row:
         n = T * B starts; or the rows where `starts` (T, B) bool is True, in row-major order): agent i starts
         from its posterior state, each neighbour from the (h, z) it sent at that step; every member acts with
-        `policy(features (n, M, F)) -> (n, M) long`. The reward head reads every member only with
-        `member_rewards` (else only member 0; `member_rewards` is None)."""
+        `policy(compact features (n, M, C + H)) -> (n, M) long`. The reward head reads every member only with
+        `member_rewards` (else only member 0; `member_rewards` is None). Everything is compact: latents as
+        class indices (`compact_features`)."""
         seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
                                  NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
                                  graph, generator)
-        start = RSSMState(torch.cat([seen.h.unsqueeze(-2), batch.nb_h], -2).flatten(0, 1),
-                          torch.cat([seen.z.unsqueeze(-2), self.rssm.latents(batch.nb_latent)], -2).flatten(0, 1))
+        h = torch.cat([seen.h.unsqueeze(-2), batch.nb_h], -2).flatten(0, 1)
+        latent = torch.cat([self.rssm.latent_indices(seen.z).unsqueeze(-2), batch.nb_latent], -2).flatten(0, 1)
         valid = with_self(batch.nb_valid).flatten(0, 1)
         if starts is not None:
             rows = starts.flatten()
-            start, valid = RSSMState(start.h[rows], start.z[rows]), valid[rows]
-        states, actions = self.rssm.imagine(start, policy, self.config.horizon, attention_mask(valid, graph.adjacency),
-                                            graph.member_ids, generator)
-        own = torch.cat([states.z[:-1, :, 0], states.h[1:, :, 0]], -1)  # member 0's [z_t, h_{t+1}]
-        every = self.reward(torch.cat([states.z[:-1], states.h[1:]], -1)).squeeze(-1) if member_rewards else None
-        return Imagination(features(states), actions, every[..., 0] if member_rewards else self.reward(own).squeeze(-1),
+            h, latent, valid = h[rows], latent[rows], valid[rows]
+        hs, latents, actions = self.rssm.imagine(h, latent, policy, self.config.horizon,
+                                                 attention_mask(valid, graph.adjacency), graph.member_ids, generator)
+        own = compact_features(hs[1:, :, 0], latents[:-1, :, 0])  # member 0's [z_t, h_{t+1}]
+        every = self.reward(compact_features(hs[1:], latents[:-1])).squeeze(-1) if member_rewards else None
+        return Imagination(compact_features(hs, latents), actions,
+                           every[..., 0] if member_rewards else self.reward(own).squeeze(-1),
                            torch.sigmoid(self.discount(own)).squeeze(-1), valid, every)

@@ -83,5 +83,10 @@ class WorldModelConfig:
 
     @property
     def features(self) -> int:
-        """Size of the features [z, h] that heads and the actor read."""
+        """Size of the features [z, h] with z one-hot (what the world model's heads read in training)."""
         return self.stochastic + self.deterministic
+
+    @property
+    def compact_features(self) -> int:
+        """Size of the features [z, h] with z as its C class indices (what the actor and critic read)."""
+        return self.n_categoricals + self.deterministic

@@ -16,37 +16,38 @@ error / 2), gradient norms clipped before each Adam step.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from odmar_mpi.layers import first_layer, initialise
 from odmar_mpi.policy.settings import PPOConfig
 
 Tensor = torch.Tensor
 
 
-def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int) -> nn.Sequential:
-    """`layers` ReLU hidden layers of width `hidden`, then a linear output (MAMBA's build_model)."""
+def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int, classes: Sequence[int] = ()) -> nn.Sequential:
+    """`layers` ReLU hidden layers of width `hidden`, then a linear output (MAMBA's build_model); the first layer
+    reads one-hot groups of `classes` by index (odmar_mpi.layers.first_layer)."""
     modules: list[nn.Module] = []
     for k in range(layers):
-        modules += [nn.Linear(in_dim if k == 0 else hidden, hidden), nn.ReLU()]
+        modules += [first_layer(in_dim, hidden, classes) if k == 0 else nn.Linear(hidden, hidden), nn.ReLU()]
     return nn.Sequential(*modules, nn.Linear(hidden, out_dim))
 
 
 class Actor(nn.Module):
     """MLP from the agent's own features (..., in_dim) to logits (..., n_actions); orthogonal init as MAMBA, the
-    output layer's weights scaled by `actor_output_gain` and its bias zero."""
+    output layer's weights scaled by `actor_output_gain` and its bias zero. Features that begin with class
+    indices of one-hot groups (`classes`: MAMBA's compact [z, h]) are read by a CategoricalLinear."""
 
-    def __init__(self, in_dim: int, n_actions: int, config: PPOConfig, seed: int) -> None:
+    def __init__(self, in_dim: int, n_actions: int, config: PPOConfig, seed: int, classes: Sequence[int] = ()) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # a private seeded RNG; the caller's global RNG is untouched
             torch.manual_seed(seed)
-            self.net = _mlp(in_dim, n_actions, config.actor_layers, config.actor_hidden)
-            for parameter in self.parameters():
-                if parameter.dim() >= 2:
-                    nn.init.orthogonal_(parameter)
+            self.net = _mlp(in_dim, n_actions, config.actor_layers, config.actor_hidden, classes)
+            initialise(self, nn.init.orthogonal_)
             with torch.no_grad():
                 # a zero output bias: no action is preferred in every state alike (with weights shared by the
                 # agents, such a preference drives them all the same way); a small gain starts near uniform
@@ -79,21 +80,20 @@ class Critic(nn.Module):
     """MAMBA's AugmentedCritic restricted to a set: ReLU(Linear) embedding of each member's features, one
     post-norm transformer encoder layer over the members (8 heads, feed-forward width = hidden, no
     dropout, invalid members masked), ReLU, then an MLP -> member 0's value. Only member 0's row of the
-    layer is computed (the others would be discarded). Members form a set: no position encoding."""
+    layer is computed (the others would be discarded). Members form a set: no position encoding. The
+    embedding reads features beginning with class indices of one-hot groups (`classes`) by index."""
 
-    def __init__(self, in_dim: int, config: PPOConfig, seed: int) -> None:
+    def __init__(self, in_dim: int, config: PPOConfig, seed: int, classes: Sequence[int] = ()) -> None:
         super().__init__()
         hidden = config.critic_hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.embed = nn.Linear(in_dim, hidden)
+            self.embed = first_layer(in_dim, hidden, classes)
             self.attention = nn.MultiheadAttention(hidden, config.critic_heads, batch_first=True)
             self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
             self.linear1, self.linear2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
             self.head = _mlp(hidden, 1, 1, hidden)
-            for parameter in self.parameters():
-                if parameter.dim() >= 2:
-                    nn.init.xavier_uniform_(parameter)
+            initialise(self, nn.init.xavier_uniform_)
 
     def forward(self, features: Tensor, valid: Tensor) -> Tensor:
         """features (..., M, in_dim), valid (..., M) bool with member 0 valid -> value of member 0 (...,)."""
@@ -106,9 +106,10 @@ class Critic(nn.Module):
         weight, bias = self.attention.in_proj_weight, self.attention.in_proj_bias
         q = F.linear(own, weight[:width], bias[:width]).view(-1, heads, width // heads)
         k, v = F.linear(x, weight[width:], bias[width:]).view(-1, members, 2, heads, width // heads).unbind(2)
-        scores = torch.einsum("bhd,bmhd->bhm", q, k) / math.sqrt(width // heads)
+        # products of one query row with a few members: broadcast and sum (bmm of 1 x d by d x M is slow on CPU)
+        scores = (q.unsqueeze(1) * k).sum(-1).transpose(1, 2) / math.sqrt(width // heads)  # (b, heads, M)
         weights = scores.masked_fill(padding.unsqueeze(1), float("-inf")).softmax(-1)
-        mixed = torch.einsum("bhm,bmhd->bhd", weights, v).reshape(-1, width)
+        mixed = (weights.transpose(1, 2).unsqueeze(-1) * v).sum(1).reshape(-1, width)
         own = self.norm1(own + self.attention.out_proj(mixed))
         own = self.norm2(own + self.linear2(F.relu(self.linear1(own))))
         return self.head(F.relu(own)).view(features.shape[:-2])
@@ -150,10 +151,12 @@ class PPO:
     `update` runs the PPO epochs on it. The entropy weight is state: it decays after every actor step."""
 
     def __init__(self, feature_dim: int, n_actions: int, config: PPOConfig, seed: int,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", classes: Sequence[int] = ()) -> None:
+        """Features are (..., feature_dim); with `classes`, their first len(classes) entries are class indices of
+        one-hot groups (MAMBA's compact [z, h])."""
         self.config = config
-        self.actor = Actor(feature_dim, n_actions, config, seed).to(device)
-        self.critic = Critic(feature_dim, config, seed + 1).to(device)
+        self.actor = Actor(feature_dim, n_actions, config, seed, classes).to(device)
+        self.critic = Critic(feature_dim, config, seed + 1, classes).to(device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
                                                 weight_decay=config.actor_weight_decay)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
