@@ -26,8 +26,12 @@ import click
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.learning import bootstrap_ci, iqm, load_results, parse_seeds  # noqa: E402
+# learning.py beside this file (an installed package named "benchmarks", e.g. flatland's, hides this folder's)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import load_results  # noqa: E402
 from env.coupled import episode_seed, make_coupled_env  # noqa: E402
+from odmar_mpi.report.compare import bootstrap_ci, iqm  # noqa: E402
+from odmar_mpi.sweep import parse_seeds  # noqa: E402
 
 N_AGENTS, LENGTH, DRAWS = 3, 25, 20
 NOOP, LEFT, RIGHT, DOWN, UP = range(5)  # mpe2's discrete actions

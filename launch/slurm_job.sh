@@ -21,6 +21,8 @@
 #   EXTRA_ARGS  more odmar_mpi.run options, e.g. "--set run.seed=1" (no spaces inside a value; a value
 #               with a comma, e.g. sac.hidden=[64,64], must be exported before sbatch: --export=A,B=...
 #               splits at commas)
+#   RUN_DIR     the run folder (default: $RUN_ROOT/<job name>-<job id>); launch/sweep.sbatch sets it per array
+#               task, with RUN_ARGS (a bash array of more odmar_mpi.run options, one word each)
 # A launch that does not wire MPI up (e.g. --mpi=none) would start N one-rank runs; the program
 # compares the task count its launcher announces with its MPI world and refuses that with exit 2.
 set -euo pipefail
@@ -41,7 +43,7 @@ case $LAUNCHER in
     *) echo "LAUNCHER=$LAUNCHER: use srun (with SRUN_MPI=pmi2 or pmix) or mpiexec (the venv's own)" >&2; exit 2 ;;
 esac
 # The job id survives a requeue, so the requeued job finds its own run folder.
-run_dir=$RUN_ROOT/${SLURM_JOB_NAME:-odmar}-${SLURM_JOB_ID}
+run_dir=${RUN_DIR:-$RUN_ROOT/${SLURM_JOB_NAME:-odmar}-${SLURM_JOB_ID}}
 if [[ -e $run_dir/config.toml ]]; then
     args=(--resume "$run_dir")
 else
@@ -53,7 +55,8 @@ echo "$(date -Is) job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}): ${SLURM
 set -f
 status=0
 # shellcheck disable=SC2086
-"${launch[@]}" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-} || status=$?
+"${launch[@]}" "$VENV/bin/python" -m odmar_mpi.run "${args[@]}" ${DEVICE_ARGS:-} ${EXTRA_ARGS:-} \
+    ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} || status=$?
 set +f
 if (( status != 0 )); then
     # An error (the ranks' message is in the .err log): running it again would fail again.

@@ -252,7 +252,7 @@ def main(config_path: Path | None, overrides: tuple[str, ...], out: Path | None,
               f"Continue with: python -m odmar_mpi.run --resume {run_dir}", flush=True)
         return
     (run_dir / COMPLETE_MARK).write_text(f"{node.step}\n")
-    from odmar_mpi.report import final_report
+    from odmar_mpi.report.summary import final_report
 
     final_report(run_dir)
 

@@ -13,7 +13,10 @@ shipped, sized to 2 ranks and given a tiny config:
   `--signal=USR1@120` (made due by shortening the time limit) stops it, it requeues and resumes
   (then USR1 stops it again and it is cancelled while it waits);
 - launch/slurm_gpu.sbatch, as shipped, is accepted (`sbatch --test-only`) by a partition of 8-GPU
-  nodes (a node line with Gres=gpu:8; there is no GPU here, so it is never run).
+  nodes (a node line with Gres=gpu:8; there is no GPU here, so it is never run);
+- a sweep (`python -m odmar_mpi.sweep ... --slurm`) of one setting x 2 seeds goes in as one job array of
+  launch/sweep.sbatch, every task completes its run folder, and `report --compare --json` on the sweep
+  folder gives the IQM over the seeds with its bootstrap interval.
 
 Marked `slurm`: the ordinary `make test` does not run it. Skips, naming the reason, without root or
 without a way to install Slurm. Each test prints its job ids, states and the job's log (`-rP`).
@@ -21,14 +24,17 @@ without a way to install Slurm. Each test prints its job ids, states and the job
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from odmar_mpi.checkpoint import local_steps
-from slurm_cluster import GPU_PARTITION, CannotRun, Cluster, wait_for
+from slurm_cluster import GPU_PARTITION, CannotRun, Cluster, wait_for, which
 
 pytestmark = pytest.mark.slurm
 
@@ -230,3 +236,60 @@ def test_venv_mpiexec_launch_stops_on_the_scripts_time_limit_signal_requeues_and
              f"stopped on request at step {second}"]
     positions = [out.find(text) for text in order]
     assert -1 not in positions and positions == sorted(positions), (positions, job.report())
+
+
+def test_a_sweep_runs_as_one_job_array_and_compares(cluster):
+    """One setting x 2 seeds: `python -m odmar_mpi.sweep --slurm` submits one array of launch/sweep.sbatch (the
+    options after --slurm pass through to sbatch), each task runs its (setting, seed) to completion in the sweep's
+    folder, and the comparison over the seeds comes from those folders."""
+    from odmar_mpi.report.compare import bootstrap_ci, iqm
+    from odmar_mpi.report.summary import summarise
+
+    out = cluster.folder / "sweep"
+    logs = cluster.folder / "jobs"
+    logs.mkdir(exist_ok=True)
+    memory = [] if cluster.memory_mb >= RANKS * 4096 else [f"--mem-per-cpu={cluster.memory_mb // (2 * RANKS)}M"]
+    setting = "tiny=configs/quick.toml;" + ";".join([*TINY, "run.train_steps=300"])
+    env = {**cluster.env, "VENV": str(VENV), "PATH": f"{Path(which('sbatch')).parent}:{cluster.env['PATH']}"}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "odmar_mpi.sweep", "--setting", setting, "--seeds", "0-1", "--ranks", str(RANKS),
+         "--out", str(out), "--slurm", *memory, f"--output={logs}/%x-%A_%a.out", f"--error={logs}/%x-%A_%a.err"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    print(submitted.stdout + submitted.stderr)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job = re.search(r"submitted job array (\d+): 2 of 2 runs", submitted.stdout).group(1)
+    assert f"python -m odmar_mpi.report {out} --compare" in submitted.stdout
+    tasks = [f"{job}_{index}" for index in (0, 1)]
+
+    def states() -> list[str]:
+        return [cluster.job(task).get("JobState", "?") for task in tasks]
+
+    def log(index: int, kind: str) -> str:
+        path = logs / f"odmar-sweep-{job}_{index}.{kind}"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def reports() -> str:
+        return "\n".join(f"--- task {i}: {states()[i]}\n{log(i, 'out')}{log(i, 'err')}" for i in (0, 1))
+
+    wait_for(lambda: all(state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT") for state in states()),
+             2 * FINISH_S, f"array {job} to finish", interval=1, on_timeout=lambda: reports() + cluster.diagnostics())
+    print(reports())
+    assert states() == ["COMPLETED", "COMPLETED"], reports()
+    for seed in (0, 1):
+        run_dir = out / "tiny" / f"seed{seed}"
+        assert (run_dir / "COMPLETE").read_text().strip() == "500", reports()
+        assert f"run folder {run_dir}: {RANKS} agents" in log(seed, "out"), reports()  # task i = seed i here
+        assert summarise(run_dir)["seed"] == seed
+    compared = subprocess.run([sys.executable, "-m", "odmar_mpi.report", str(out), "--compare", "--json"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert compared.returncode == 0, compared.stderr
+    [tiny] = json.loads(compared.stdout)["settings"]
+    print(json.dumps({key: tiny[key] for key in ("name", "figure", "seeds", "iqm", "ci95")}))
+    finals = [summarise(out / "tiny" / f"seed{seed}")["final_optimal_share"] for seed in (0, 1)]
+    assert tiny["seeds"] == [0, 1] and [p["final"] for p in tiny["per_seed"]] == finals
+    assert tiny["iqm"] == iqm(finals) and tiny["ci95"] == list(bootstrap_ci(finals))
+    # Submitted again, the sweep finds every run complete and submits nothing.
+    again = subprocess.run([sys.executable, "-m", "odmar_mpi.sweep", "--out", str(out), "--slurm"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "every run of" in again.stdout and "nothing to submit" in again.stdout, again.stdout
