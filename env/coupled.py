@@ -14,6 +14,17 @@ episode length and world options, then name it in `make_coupled_env`::
 
 The world must be deterministic given its reset seed and the joint actions (simple_spread is): that is
 what keeps the copies identical and lets `load_state_dict` replay an episode bit for bit.
+
+Beyond PettingZoo's API a world may offer, and the copy then uses:
+  * `infos[agent]["action_mask"]` (int8 (n_actions,), 1 = available) in the infos of reset and step;
+  * agents that leave the episode early (PettingZoo's rule: terminated or truncated, then gone from `agents`);
+  * `episode_metrics()` -> {"win": ...} or {"arrival": ...} once the episode has ended, the keys declared in
+    the world's `metric_keys` (`METRICS` names their means);
+  * `reference_actions(observations)` -> {agent: action}: a reference policy for the agents still in the
+    episode (simple_spread: agent k steers to landmark k; SMAX: jaxmarl's heuristic; Flatland: shortest paths),
+    deterministic given the episode's seed and the steps taken.
+`CoupledWorld.play` plays a whole episode of the team locally (every agent's action chosen by one function,
+e.g. uniformly random allowed actions or the reference policy): no other rank is needed.
 """
 
 from __future__ import annotations
@@ -24,6 +35,9 @@ from typing import Any, Callable
 import numpy as np
 
 WorldFactory = Callable[..., Any]
+METRICS = {"win": "win_rate", "arrival": "arrival_rate"}
+"""A world's episode metric -> the name records and reports give its mean over episodes."""
+SPREAD_LENGTH = 25  # MAMBA's (and MPE's) simple_spread episodes
 
 
 class MissingWorldPackage(ImportError):
@@ -31,17 +45,56 @@ class MissingWorldPackage(ImportError):
 
 
 def _simple_spread(n_agents: int, episode_length: int, **options: Any) -> Any:
-    """MPE's cooperative navigation with discrete actions and half-local rewards (MAMBA's MPE setting)."""
+    """MPE's cooperative navigation with discrete actions and half-local rewards (MAMBA's MPE setting), with the
+    reference policy agent k steers to landmark k; episode_length 0 = 25 steps."""
     try:
         from mpe2 import simple_spread_v3
+        from pettingzoo.utils.wrappers import BaseParallelWrapper
     except ImportError as error:
         raise MissingWorldPackage("world 'simple_spread' needs the package mpe2 (the PettingZoo MPE successor), "
                                   "which is not installed: pip install mpe2") from error
+
+    class SpreadWithReference(BaseParallelWrapper):
+        """simple_spread with `reference_actions`: a hand-made policy to measure learning against."""
+
+        def reference_actions(self, observations: dict[str, np.ndarray]) -> dict[str, int]:
+            return {agent: steer_to_landmark(k, observations[agent]) for k, agent in enumerate(self.possible_agents)
+                    if agent in self.agents}
+
     settings = {"continuous_actions": False, "local_ratio": 0.5, **options}
-    return simple_spread_v3.parallel_env(N=n_agents, max_cycles=episode_length, **settings)
+    return SpreadWithReference(simple_spread_v3.parallel_env(N=n_agents, max_cycles=episode_length or SPREAD_LENGTH,
+                                                             **settings))
 
 
-WORLDS: dict[str, WorldFactory] = {"simple_spread": _simple_spread}
+NOOP, LEFT, RIGHT, DOWN, UP = range(5)  # mpe2's discrete actions
+
+
+def steer_to_landmark(agent: int, obs: np.ndarray) -> int:
+    """simple_spread's reference policy for agent k: steer to landmark k along the larger axis of (landmark -
+    0.6 velocity), a crude brake. Observation: own velocity (2), own position (2), every landmark relative to
+    the agent (2 each), ..."""
+    velocity, landmark = obs[0:2], obs[4 + 2 * agent:6 + 2 * agent]
+    direction = landmark - 0.6 * velocity
+    if np.abs(direction).max() < 0.05:
+        return NOOP
+    if abs(direction[0]) > abs(direction[1]):
+        return RIGHT if direction[0] > 0 else LEFT
+    return UP if direction[1] > 0 else DOWN
+
+
+def _smax(n_agents: int, episode_length: int, **options: Any) -> Any:
+    from env.smax import make_smax  # imports jax only when a run asks for the world
+
+    return make_smax(n_agents, episode_length, **options)
+
+
+def _flatland(n_agents: int, episode_length: int, **options: Any) -> Any:
+    from env.flatland import make_flatland
+
+    return make_flatland(n_agents, episode_length, **options)
+
+
+WORLDS: dict[str, WorldFactory] = {"simple_spread": _simple_spread, "smax": _smax, "flatland": _flatland}
 
 
 def register_world(name: str, factory: WorldFactory) -> None:
@@ -52,13 +105,14 @@ def register_world(name: str, factory: WorldFactory) -> None:
 
 def make_coupled_env(name: str, n_agents: int, episode_length: int, **options: Any) -> Any:
     """A fresh ParallelEnv of the registered world `name` with `n_agents` agents, truncated after
-    `episode_length` steps; `options` go to the world's factory (e.g. local_ratio for simple_spread)."""
+    `episode_length` steps (0: the world's own limit); `options` go to the world's factory (e.g. local_ratio for
+    simple_spread, scenario for SMAX and Flatland)."""
     if name not in WORLDS:
         raise ValueError(f"world = {name!r} is not registered; known worlds: {sorted(WORLDS)} "
                          "(register another with env.coupled.register_world)")
-    if n_agents < 1 or episode_length < 1:
-        raise ValueError(f"world {name!r}: n_agents = {n_agents} and episode_length = {episode_length} "
-                         "must both be >= 1")
+    if n_agents < 1 or episode_length < 0:
+        raise ValueError(f"world {name!r}: n_agents = {n_agents} must be >= 1 and episode_length = "
+                         f"{episode_length} >= 0 (0: the world's own limit)")
     return WORLDS[name](n_agents, episode_length, **options)
 
 
@@ -95,16 +149,55 @@ class CoupledWorld:
         self.episode = 0  # resets done so far
         self.team_reward = 0.0
         self._observations: dict[str, np.ndarray] = {}
+        self._masks: dict[str, np.ndarray] = {}
         self._actions: list[np.ndarray] = []  # joint actions since the last reset
+        self.metric_key = next((key for key in getattr(env, "metric_keys", ()) if key in METRICS), "")
+        """What the world's `episode_metrics()` gives ("win", "arrival"), from its `metric_keys`, or ""."""
+        self.has_reference = callable(getattr(env, "reference_actions", None))
 
     def reset(self) -> np.ndarray:
         """Start the next episode; returns the own observation (obs_dim,)."""
-        observations, _ = self.env.reset(seed=episode_seed(self.seed, self.episode))
+        observations, infos = self.env.reset(seed=episode_seed(self.seed, self.episode))
         self.episode += 1
         self._actions = []
         self.team_reward = 0.0
         self._observations = {agent: np.asarray(obs) for agent, obs in observations.items()}
+        self._masks = {agent: np.asarray(info["action_mask"]) for agent, info in infos.items() if "action_mask" in info}
         return self._observations[self.agent].copy()
+
+    @property
+    def episode_over(self) -> bool:
+        """Every agent has left the episode (the copies reset together, then)."""
+        return not self.env.agents
+
+    @property
+    def active(self) -> bool:
+        """The own agent is still in the episode."""
+        return self.agent in self.env.agents
+
+    def available_actions(self) -> np.ndarray | None:
+        """The own agent's action mask for its next action (int8 (n_actions,), 1 = available), or None where the
+        world has no masks."""
+        return self._masks.get(self.agent)
+
+    def play(self, episode: int, choose: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], dict[str, Any]],
+             ) -> tuple[float, dict[str, float]]:
+        """Play episode `episode` (its reset seed, as `reset` gives it) with every agent's action from
+        choose(observations, masks) for the agents in the episode; returns (team return: the sum over agents
+        and steps of the rewards, the world's episode metrics). Leaves the copy at the episode's end."""
+        self.episode = episode
+        self.reset()
+        total = 0.0
+        while self.env.agents:
+            actions = choose({a: self._observations[a] for a in self.env.agents}, self._masks)
+            joint = np.zeros((self.n_agents, *self.action_shape))
+            for k, agent in enumerate(self.agents):
+                if agent in actions:
+                    joint[k] = actions[agent]
+            self.step_joint(joint)
+            total += self.team_reward
+        metrics = getattr(self.env, "episode_metrics", None)
+        return total, (metrics() if metrics is not None else {})
 
     def step(self, joint_actions: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         """`step_joint`: the world steps with everyone's actions."""
@@ -123,9 +216,11 @@ class CoupledWorld:
             raise RuntimeError("CoupledWorld.step after the episode ended: call reset() first")
         actions = {agent: self._action(joint_actions[k]) for k, agent in enumerate(self.agents)
                    if agent in self.env.agents}
-        observations, rewards, terminations, truncations, _ = self.env.step(actions)
+        observations, rewards, terminations, truncations, infos = self.env.step(actions)
         self._actions.append(joint_actions.copy())
         self._observations.update({agent: np.asarray(obs) for agent, obs in observations.items()})
+        self._masks.update({agent: np.asarray(info["action_mask"]) for agent, info in infos.items()
+                            if "action_mask" in info})
         self.team_reward = float(sum(rewards.values()))
         return (self._observations[self.agent].copy(), float(rewards.get(self.agent, 0.0)),
                 bool(terminations.get(self.agent, True)), bool(truncations.get(self.agent, False)))

@@ -165,6 +165,7 @@ class FlatlandParallelEnv(ParallelEnv):
     """One copy of a Flatland world in MAMBA's setting (see the module docstring for what it promises)."""
 
     metadata = {"name": "flatland_v0", "render_modes": ["rgb_array"], "render_fps": 4, "is_parallelizable": True}
+    metric_keys = ("arrival",)  # what episode_metrics() gives
 
     def __init__(self, scenario: str, settings: dict[str, Any], episode_length: int = 0,
                  tree_depth: int = TREE_DEPTH, render_mode: str | None = None) -> None:

@@ -356,6 +356,7 @@ class SMAXParallelEnv(ParallelEnv):
     """One copy of a SMAX battle: the allies are the agents (see the module docstring for the promises)."""
 
     metadata = {"name": "smax_v0", "render_modes": ["rgb_array"], "render_fps": 2, "is_parallelizable": True}
+    metric_keys = ("win",)  # what episode_metrics() gives
 
     def __init__(self, scenario: str, core: _Core, episode_length: int, render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

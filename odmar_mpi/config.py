@@ -63,6 +63,10 @@ class RunConfig:
     device: str = setting("auto", "'auto' (cuda:<local rank % GPUs> when CUDA is available, else cpu), 'cpu', "
                                   "or 'cuda' (refused where there is no GPU).", choices=DEVICES)
     torch_threads: int = setting(1, "Torch intra-op threads per rank; 1 suits one rank per core.", low=1)
+    baseline_draws: int = setting(5, "Coupled worlds: plays of uniformly random allowed actions per evaluation "
+                                     "episode, on the evaluation's own episodes (the bottom of the scale each "
+                                     "evaluation is scored against; the world's reference policy, where it has one, "
+                                     "plays each episode once); the plays are shared out over the ranks.", low=1)
     progress_every: int = setting(0, "Steps between progress lines on rank 0; 0 = one per evaluation.",
                                   unit="steps", low=0)
 

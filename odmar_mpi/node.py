@@ -40,6 +40,8 @@ from odmar_mpi.worlds import make_world, world_optimum
 STEP_VALUES = ("own_reward", "stop")
 """What every rank pushes into the per-step gossip, in this order."""
 OWN_REWARD, STOP = range(len(STEP_VALUES))
+BASELINE_SUMS = ("random_team_return", "random_metric", "reference_team_return", "reference_metric")
+"""The sums `CoupledWorldCopy.baselines` gives, in its order."""
 
 
 class PendingSteps:
@@ -89,14 +91,18 @@ class Node:
 
         self.world = make_world(cfg, self.rank, self.n_agents)
         self.eval_world = make_world(cfg, self.rank, self.n_agents)
-        # A coupled world steps every agent, so every step every copy needs everyone's action.
+        coupled = self.world.coupled
+        # A coupled world steps every agent, so every step every copy needs everyone's action; a third copy plays
+        # the evaluations' baselines (random actions, the reference policy) on their episodes, with no messages.
         self.action_flood = (Flood(comm, graph, width=self.world.action_width, timeout_s=timeout, name="joint action")
-                             if self.world.coupled else None)
+                             if coupled else None)
+        self.baseline_world = make_world(cfg, self.rank, self.n_agents) if coupled else None
+        self.eval_flood = Flood(comm, graph, width=1 + len(BASELINE_SUMS), timeout_s=timeout, name="evaluation")
         learner = learner_class(cfg.run.algorithm)
         self.telemetry = Telemetry(learner.tables, rank=self.rank,
                                    optimal_team_return=world_optimum(cfg, self.n_agents), attrs={
             "config": to_toml(cfg), "version": __version__, "rank": self.rank, "agents": self.n_agents,
-            "device": str(self.device)})
+            "device": str(self.device), "metric": self.world.metric if coupled else ""})
         self.learner = learner(LearnerContext(cfg=cfg, world=self.world, rank=self.rank, n_agents=self.n_agents,
                                               graph=graph, device=self.device, seed=self.seed, records=self.telemetry.records,
                                               clock=self.telemetry.clock))
@@ -212,42 +218,72 @@ class Node:
         self.stop_requested = True
 
     def evaluate(self) -> None:
-        """Deterministic episodes on the own eval copy of the world; the team return is the exact sum over agents."""
+        """Episodes of the learner on the own eval copy of the world, then on coupled worlds the baselines on the
+        same episodes (random allowed actions, the world's reference policy); the team return is the exact sum
+        over agents, the metric (win, arrival) the same on every copy."""
         with self.telemetry.clock("eval"):
-            own, transitions = self.run_episodes("evaluate")
+            own, transitions, metric = self.run_episodes("evaluate")
             self.learner.evaluated(self.step, transitions)
-            team = self.flood.sum(own)
-        self.telemetry.evaluation(self.step, own, team)
+            episodes = self.eval_world.episode if self.world.coupled else 0
+            team, baselines = self.team_and_baselines(own, range(episodes - self.cfg.run.eval_episodes, episodes))
+        self.telemetry.evaluation(self.step, own, team, {**baselines, "metric": metric})
         self.telemetry.save_records()
         if not self.cfg.run.progress_every:
             self.progress()
 
+    def team_and_baselines(self, own: float, episodes: range) -> tuple[float, dict[str, float]]:
+        """The exact team sum of `own`, and the baselines of the evaluation that played `episodes` (coupled
+        worlds: this rank's share of the plays, summed over the ranks in the same flood; elsewhere the random
+        policy measured before training and no reference). Collective."""
+        draws = self.cfg.run.baseline_draws
+        share = (self.baseline_world.baselines(episodes, draws, self.rank, self.n_agents)
+                 if self.baseline_world is not None else np.full(len(BASELINE_SUMS), np.nan))
+        table = self.eval_flood.gather(np.concatenate([[own], share]))  # the same table, bit for bit, on every rank
+        sums = dict(zip(BASELINE_SUMS, table[:, 1:].sum(0)))
+        plays = {"random": draws * len(episodes), "reference": len(episodes)}
+        baselines = {name: float(value) / plays[name.split("_")[0]] for name, value in sums.items()}
+        if self.baseline_world is None:
+            baselines["random_team_return"] = self.telemetry.random_team_return
+        return math.fsum(table[:, 0].tolist()), baselines
+
     def evaluate_random_policy(self) -> None:
-        """The same evaluation with uniformly random actions, once before training: the bottom of the scale."""
+        """Uniformly random actions, once before training: the bottom of the scale. Coupled worlds play them on the
+        first evaluation's episodes from the baseline copy, which the evaluations then skip (evaluation j plays
+        the (j + 1)-th block of `run.eval_episodes` episodes); the reward-collection world, whose episodes all
+        start alike, through the learner."""
+        episodes = self.cfg.run.eval_episodes
         with self.telemetry.clock("eval"):
-            own, _ = self.run_episodes("random")
-            team = self.flood.sum(own)
+            if self.baseline_world is not None:
+                _, baselines = self.team_and_baselines(0.0, range(episodes))
+                own, team = math.nan, baselines["random_team_return"]
+                self.eval_world.episode += episodes
+            else:
+                own = self.run_episodes("random")[0]
+                team = self.flood.sum(own)
         self.telemetry.random_evaluation(self.step, own, team)
         self.telemetry.save_records()
 
-    def run_episodes(self, mode: str) -> tuple[float, list[Transition]]:
+    def run_episodes(self, mode: str) -> tuple[float, list[Transition], float]:
         """`run.eval_episodes` episodes of the learner acting in `mode` on the eval copy: (mean own return,
-        transitions).
+        transitions, mean of the world's episode metric or NaN).
 
         Collective on coupled worlds or with learner messages: every rank runs its episodes in step.
         """
-        returns, transitions = [], []
+        returns, transitions, metrics = [], [], []
+        world = self.eval_world
         for _ in range(self.cfg.run.eval_episodes):
-            obs, total, done = self.start_episode(self.eval_world, mode), 0.0, False
+            obs, total, done = self.start_episode(world, mode), 0.0, False
             while not done:
                 with self.telemetry.clock("act"):
                     action = self.learner.act(obs, mode)
-                next_obs, reward, terminated, truncated = self.step_world(self.eval_world, action, mode)
+                next_obs, reward, terminated, truncated = self.step_world(world, action, mode)
                 transitions.append(Transition(obs, action, reward, next_obs, terminated, truncated))
                 total += reward
                 obs, done = next_obs, terminated or truncated
             returns.append(total)
-        return float(np.mean(returns)), transitions
+            if world.coupled and world.metric_key:
+                metrics.append(world.env.episode_metrics()[world.metric_key])
+        return float(np.mean(returns)), transitions, float(np.mean(metrics)) if metrics else math.nan
 
     def progress(self) -> None:
         self.telemetry.progress(self.step, self.cfg.run.warmup_steps, self.learner.progress_note())
@@ -281,13 +317,13 @@ class Node:
 
     def waited_s(self) -> float:
         """Seconds this process has spent waiting for neighbours, over all its exchanges."""
-        return sum(part.waited_s for part in (self.gossip, self.flood, self.step_gossip, self.action_flood,
-                                              self.messages) if part is not None)
+        return sum(part.waited_s for part in (self.gossip, self.flood, self.eval_flood, self.step_gossip,
+                                              self.action_flood, self.messages) if part is not None)
 
     def free(self) -> None:
         """Close the records file and release the communicators; every rank calls it."""
         self.telemetry.close_records()
-        for part in (self.gossip, self.flood, self.step_gossip, self.action_flood, self.messages):
+        for part in (self.gossip, self.flood, self.eval_flood, self.step_gossip, self.action_flood, self.messages):
             if part is not None:
                 part.free()
 

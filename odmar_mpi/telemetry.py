@@ -27,8 +27,11 @@ ABSORBING = ("eval", "checkpoint")
 NODE_TABLES: Tables = {
     # training episodes: the return the agent learned from (team or own) and its own share
     "episodes": ("step", "return", "own_return"),
-    # deterministic evaluation: own mean return, the team's (exact sum over agents), its share of the optimum
-    "eval": ("step", "own_return", "team_return", "optimal_share"),
+    # evaluation: own mean return, the team's (exact sum over agents), its share of the optimum; on coupled worlds,
+    # on the same episodes, the team's expected return with uniformly random allowed actions and with the world's
+    # reference policy, and the mean of the world's episode metric (win, arrival) for the three (NaN where none)
+    "eval": ("step", "own_return", "team_return", "optimal_share", "random_team_return", "reference_team_return",
+             "metric", "random_metric", "reference_metric"),
     # the same evaluation of a uniformly random policy, once before training: the bottom of the scale
     "random_eval": ("step", "own_return", "team_return", "optimal_share"),
     # cumulative seconds per phase; "waiting": seconds spent waiting for neighbours, inside the communication phases
@@ -77,6 +80,8 @@ class Telemetry:
         self.episode_return = 0.0
         self.episode_own_return = 0.0
         self.last_team_eval = float("nan")
+        self.last_baselines: dict[str, float] = {}
+        self.random_team_return = float("nan")  # the random policy's before training (the reward-collection world)
         self.started = time.perf_counter()
         self.started_step = 0
         # seconds this process has waited for neighbours (the node sets it), and those of the run before a resume
@@ -93,10 +98,13 @@ class Telemetry:
                                 **{"return": self.episode_return})
             self.episode_return = self.episode_own_return = 0.0
 
-    def evaluation(self, step: int, own_return: float, team_return: float) -> None:
+    def evaluation(self, step: int, own_return: float, team_return: float, baselines: dict[str, float]) -> None:
+        """Record an evaluation; `baselines`: the eval table's random_team_return, reference_team_return, metric,
+        random_metric and reference_metric (NaN where the world has none)."""
         self.last_team_eval = team_return
+        self.last_baselines = baselines
         self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
-                            optimal_share=self.share(team_return))
+                            optimal_share=self.share(team_return), **baselines)
         self.records.append("timing", step=step, **self.clock.seconds, waiting=self.waiting_s())
 
     def waiting_s(self) -> float:
@@ -104,6 +112,7 @@ class Telemetry:
         return self.waited_before + self.waited()
 
     def random_evaluation(self, step: int, own_return: float, team_return: float) -> None:
+        self.random_team_return = team_return
         self.records.append("random_eval", step=step, own_return=own_return, team_return=team_return,
                             optimal_share=self.share(team_return))
 
@@ -146,7 +155,7 @@ class Telemetry:
         # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.
         return {"records": self.records.state_dict(), "clock": {**self.clock.seconds, "waiting": self.waiting_s()},
                 "episode_return": self.episode_return, "episode_own_return": self.episode_own_return,
-                "last_team_eval": self.last_team_eval}
+                "last_team_eval": self.last_team_eval, "random_team_return": self.random_team_return}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records.load_state_dict(state["records"])
@@ -156,3 +165,4 @@ class Telemetry:
         self.episode_return = float(state["episode_return"])
         self.episode_own_return = float(state["episode_own_return"])
         self.last_team_eval = float(state["last_team_eval"])
+        self.random_team_return = float(state["random_team_return"])

@@ -20,7 +20,7 @@ import numpy as np
 
 import env as world_package
 from env.coupled import WORLDS as COUPLED_WORLDS
-from env.coupled import CoupledWorld, make_coupled_env
+from env.coupled import METRICS, CoupledWorld, make_coupled_env
 from env.optimum import optimal_team_return
 
 REWARD_COLLECTION = "reward-collection"
@@ -49,6 +49,40 @@ class CoupledWorldCopy(CoupledWorld):
 
     coupled = True
     action_width = 1
+
+    @property
+    def metric(self) -> str:
+        """The name of the mean of the world's episode metric ("win_rate", "arrival_rate"), or ""."""
+        return METRICS.get(self.metric_key, "")
+
+    def baselines(self, episodes: range, draws: int, rank: int, ranks: int) -> np.ndarray:
+        """This rank's share of the baselines of an evaluation that played `episodes`: the team on the same
+        episodes with uniformly random allowed actions (`draws` plays of each, drawn from (seed, episode, draw))
+        and with the world's reference policy (one play), the plays dealt round-robin over the ranks. Returns the
+        sums over this rank's plays of [random team return, random metric, reference team return, reference
+        metric] (NaN where the world has no metric or no reference); the node adds the ranks' sums up."""
+        sums = np.zeros(4)
+        plays = [(draw, episode) for draw in range(draws + 1) for episode in episodes]
+        for draw, episode in plays[rank::ranks]:
+            reference = draw == draws
+            if reference and not self.has_reference:
+                sums[2:] = np.nan
+                continue
+            rng = np.random.default_rng([self.seed, episode, draw])
+            choose = ((lambda observations, masks: self.env.reference_actions(observations)) if reference else
+                      (lambda observations, masks: {agent: self.random_action(masks.get(agent), rng)
+                                                    for agent in observations}))
+            team, metrics = self.play(episode, choose)
+            at = 2 if reference else 0
+            sums[at] += team
+            sums[at + 1] += metrics.get(self.metric_key, np.nan)
+        return sums
+
+    def random_action(self, mask: np.ndarray | None, rng: np.random.Generator) -> int:
+        """A uniformly random action among the available ones (all where the world has no masks)."""
+        if mask is None:
+            return int(rng.integers(self.n_actions))
+        return int(rng.choice(np.flatnonzero(mask)))
 
     def reset(self) -> np.ndarray:
         return super().reset().astype(np.float64)

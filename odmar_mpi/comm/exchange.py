@@ -6,14 +6,17 @@ deadline raises NeighbourTimeout naming this rank, the neighbour and the round; 
 aborts: the entry point's excepthook turns the exception into MPI Abort, so no rank waits forever.
 
 Waiting polls the requests for `SPIN_S` (a neighbour on a core of its own answers within microseconds),
-then sleeps between polls, from `SLEEP_MIN_S` doubling up to `SLEEP_MAX_S`: with more ranks than cores
-a waiting rank must give its core to the rank it waits for (spinning, even with sched_yield, kept
-taking it). Large messages are not slowed by the sleeps (MPICH copies them in one piece once both
-sides have posted). Every exchange adds the seconds it waited to `waited_s`.
+then yields the core between polls for `YIELD_S` (a neighbour sharing the core runs at once: per-step
+exchanges stay fast when ranks outnumber cores), then sleeps between polls, from `SLEEP_MIN_S` doubling up
+to `SLEEP_MAX_S`: a rank waiting long (for a neighbour still training) must give its core to the ranks it
+waits for, and a yielding process still takes its share of a busy core. Large messages are not slowed by
+the sleeps (MPICH copies them in one piece once both sides have posted). Every exchange adds the seconds
+it waited to `waited_s`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Sequence
 
@@ -28,20 +31,26 @@ from odmar_mpi.comm.limits import ROUND_SPAN
 _ABANDONED: list[object] = []
 
 SPIN_S = 20e-6
-"""Poll without sleeping for this long before the first sleep."""
-SLEEP_MIN_S, SLEEP_MAX_S = 20e-6, 1e-3
-"""First sleep between polls, and the cap of its doubling: long waits cost at most one poll per millisecond."""
+"""Poll without giving up the core for this long (a neighbour on a core of its own answers within microseconds)."""
+YIELD_S = float(os.environ.get("ODMAR_MPI_YIELD_S", 2e-3))
+"""Then poll with sched_yield for this long: a neighbour on the same core gets it at once (a neighbour that is
+only a step behind arrives within this), but a yielding process still takes its share of a busy core."""
+SLEEP_MIN_S, SLEEP_MAX_S = 50e-6, 1e-3
+"""Then sleep between polls, doubling from SLEEP_MIN_S to SLEEP_MAX_S: a long wait (a neighbour still training)
+leaves the core to the ranks that work, at one poll per millisecond."""
 
 
 def wait_all(requests: list[MPI.Request], deadline: float) -> bool:
-    """Complete every request, spinning briefly and then sleeping between polls; False once `deadline`
+    """Complete every request, polling busily, then yielding, then sleeping between polls; False once `deadline`
     (time.monotonic) has passed with some request pending."""
     if MPI.Request.Testall(requests):
         return True
     start = time.monotonic()
-    while time.monotonic() - start < SPIN_S:
+    while (waited := time.monotonic() - start) < SPIN_S + YIELD_S:
         if MPI.Request.Testall(requests):
             return True
+        if waited > SPIN_S:
+            os.sched_yield()
     sleep = SLEEP_MIN_S
     while not MPI.Request.Testall(requests):
         if time.monotonic() > deadline:

@@ -203,16 +203,29 @@ class CommunicationBlock(nn.Module):
             return 0.0
         return position_encoding(member_ids, self.token[0].out_features)
 
-    def forward(self, inputs: Sequence[Tensor], attend: Tensor, positions: Tensor | float, generator: torch.Generator,
-                own_only: bool = False) -> Tensor:
-        """Token inputs of consecutive member groups (each (..., M_g, width), one-hot or indexed; together M
-        members), attend (..., M, M), positions from `positions` -> (..., M, model_hidden), row a = what member a
-        feeds its GRU; with `own_only` the last layer gives row 0 alone, (..., 1, model_hidden)."""
-        tokens = [self.token(x) for x in inputs]
-        x = (tokens[0] if len(tokens) == 1 else torch.cat(tokens, -2)) + positions
-        for k, layer in enumerate(self.layers):
-            x = layer(x, attend, generator, own_only=own_only and k == len(self.layers) - 1)
+    def forward(self, inputs: Tensor, attend: Tensor, positions: Tensor | float, generator: torch.Generator) -> Tensor:
+        """Every member's token input (..., M, width), one-hot or indexed, attend (..., M, M), positions from
+        `positions` -> (..., M, model_hidden), row a = what member a feeds its GRU."""
+        x = self.token(inputs) + positions
+        for layer in self.layers:
+            x = layer(x, attend, generator)
         return x
+
+    def own_row(self, own_input: Tensor, neighbour_tokens: Tensor, attend: Tensor, positions: Tensor | float,
+                generator: torch.Generator) -> Tensor:
+        """Member 0's row alone, (..., model_hidden), from its token input (..., width) and the neighbours'
+        tokens (..., N, model_hidden) as `neighbour_tokens` made them (what the agent's own transition reads)."""
+        own = self.token(own_input).unsqueeze(-2) + (positions[:1] if torch.is_tensor(positions) else positions)
+        x = torch.cat([own, neighbour_tokens], -2)
+        for k, layer in enumerate(self.layers):
+            x = layer(x, attend, generator, own_only=k == len(self.layers) - 1)
+        return x[..., 0, :]
+
+    def neighbour_tokens(self, actions: Tensor, latents: Tensor, positions: Tensor | float) -> Tensor:
+        """Tokens of the neighbour slots, (..., N, model_hidden), from their actions (..., N) and latent class
+        indices (..., N, C) (-1 = none): indexed, so any number of steps in one call."""
+        inputs = torch.cat([actions.unsqueeze(-1), latents], -1).to(torch.float32)
+        return self.token(inputs) + (positions[1:] if torch.is_tensor(positions) else positions)
 
 
 class RSSM(nn.Module):
@@ -260,20 +273,23 @@ class RSSM(nn.Module):
         """The compact features [z's class indices, h] of a state (MAMBA's [z, h] order): what the actor reads."""
         return compact_features(state.h, self.latent_indices(state.z))
 
-    def _deterministic(self, h: Tensor, z: Tensor, action: Tensor, neighbour_actions: Tensor,
-                       neighbour_latents: Tensor, attend: Tensor, positions: Tensor | float,
-                       generator: torch.Generator) -> Tensor:
-        """Agent i's next h (B, H) from its state (h, z) (B, .), its action (B,) and its neighbours' actions
-        (B, N) and latent class indices (B, N, C) (-1 = none); only member 0's row of the block is formed."""
-        own = torch.cat([one_hot(action, self.n_actions), z], -1).unsqueeze(-2)
-        neighbours = torch.cat([neighbour_actions.unsqueeze(-1), neighbour_latents], -1).to(z.dtype)
-        row = self.comm([own, neighbours], attend, positions, generator, own_only=True)[..., 0, :]
-        return self.cell(row, h)
+    def _deterministic(self, h: Tensor, z: Tensor, action: Tensor, neighbour_tokens: Tensor, attend: Tensor,
+                       positions: Tensor | float, generator: torch.Generator) -> Tensor:
+        """Agent i's next h (B, H) from its state (h, z) (B, .), its action (B,) (-1 = none) and its neighbours'
+        tokens (B, N, model_hidden) (`CommunicationBlock.neighbour_tokens`); only member 0's row is formed."""
+        own = torch.cat([one_hot(action, self.n_actions), z], -1)
+        return self.cell(self.comm.own_row(own, neighbour_tokens, attend, positions, generator), h)
 
-    def _distributions(self, h: Tensor, embed: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """(prior logits, posterior logits, posterior sample) at h with observation embedding `embed`."""
-        posterior_logits = self.posterior(torch.cat([h, embed], -1))
-        return self.prior(h), posterior_logits, self.sample(posterior_logits, generator)
+    def _posterior(self, h: Tensor, embed_part: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(posterior logits, straight-through sample) at h, given the embedding's share of the posterior's first
+        layer, `embed_part` = W_embed embed (`_embed_part`)."""
+        first, rest = self.posterior[0], self.posterior[1:]
+        logits = rest(F.linear(h, first.weight[:, :self.config.deterministic], first.bias) + embed_part)
+        return logits, self.sample(logits, generator)
+
+    def _embed_part(self, embed: Tensor) -> Tensor:
+        """The observation embedding's product with its columns of the posterior's first layer (any batch shape)."""
+        return F.linear(embed, self.posterior[0].weight[:, self.config.deterministic:])
 
     def observe_step(self, previous: RSSMState, previous_action: Tensor, messages: NeighbourMessages, embed: Tensor,
                      is_first: Tensor, graph: LocalGraph,
@@ -283,12 +299,13 @@ class RSSM(nn.Module):
         (B,) bool (resets state, action and messages to none) -> (posterior state, prior logits, posterior logits)."""
         keep = (~is_first).unsqueeze(-1).to(previous.h.dtype)
         attend = attention_mask(with_self(messages.valid), graph.adjacency)
+        positions = self.comm.positions(graph.member_ids)
+        tokens = self.comm.neighbour_tokens(messages.action.masked_fill(is_first.unsqueeze(-1), -1),
+                                            messages.latent.masked_fill(is_first[..., None, None], -1), positions)
         h = self._deterministic(previous.h * keep, previous.z * keep, previous_action.masked_fill(is_first, -1),
-                                messages.action.masked_fill(is_first.unsqueeze(-1), -1),
-                                messages.latent.masked_fill(is_first[..., None, None], -1),
-                                attend, self.comm.positions(graph.member_ids), generator)
-        prior_logits, posterior_logits, z = self._distributions(h, embed, generator)
-        return RSSMState(h, z), prior_logits, posterior_logits
+                                tokens, attend, positions, generator)
+        posterior_logits, z = self._posterior(h, self._embed_part(embed), generator)
+        return RSSMState(h, z), self.prior(h), posterior_logits
 
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, messages: NeighbourMessages, graph: LocalGraph,
                 generator: torch.Generator) -> Observation:
@@ -298,40 +315,38 @@ class RSSM(nn.Module):
         steps, batch = action.shape
         attend = attention_mask(with_self(messages.valid), graph.adjacency)  # (T, B, M, M)
         positions = self.comm.positions(graph.member_ids)
-        none_action = torch.full_like(messages.action[0], -1)
-        none_latents = torch.full_like(messages.latent[0], -1)
+        # What does not depend on the recurrence, for every step at once: the neighbours' tokens, the embeddings'
+        # share of the posterior.
+        tokens = self.comm.neighbour_tokens(messages.action, messages.latent, positions)  # (T, B, N, hidden)
+        embed_part = self._embed_part(embed)
         start = self.initial((batch,), embed.device)
-
-        def restart(rows: Tensor, attend_rows: Tensor) -> Tensor:  # zero state, no action, no messages
-            return self._deterministic(start.h[rows], start.z[rows], rows.new_full(rows.shape, -1), none_action[rows],
-                                       none_latents[rows], attend_rows, positions, generator)
-
-        def following(t: int) -> Tensor:  # h_{t+1} from row t's state and actions
-            return self._deterministic(hs[-1], zs[-1], action[t], messages.action[t], messages.latent[t], attend[t],
-                                       positions, generator)
-
-        hs, zs, posteriors, priors, h_next = [], [], [], [], []
+        no_messages = self.comm.neighbour_tokens(torch.full_like(messages.action[0], -1),
+                                                 torch.full_like(messages.latent[0], -1), positions)
+        # Row 0, and every row where an episode starts, begins from the zero state with no action and no messages:
+        # the same inputs in every row, so one restart at row 0 serves them all (in training a restarting row
+        # reuses row 0's dropout draw).
+        restarted = self._deterministic(start.h, start.z, torch.full_like(action[0], -1), no_messages, attend[0],
+                                        positions, generator)
+        hs, zs, posteriors, h_next = [], [], [], []
         for t in range(steps):
             if t == 0:
-                h = restart(torch.arange(batch, device=embed.device), attend[0])
+                h = restarted
             else:
-                h = following(t - 1)
-                h_next.append(h)
-                rows = is_first[t].nonzero().squeeze(-1)
-                if len(rows):  # episodes that start inside the window
-                    h = h.index_put((rows,), restart(rows, attend[t - 1, rows]))
-            prior_logits, posterior_logits, z = self._distributions(h, embed[t], generator)
-            hs.append(h), zs.append(z), priors.append(prior_logits), posteriors.append(posterior_logits)
-        h_next.append(following(steps - 1))
-        stack = torch.stack
-        return Observation(stack(hs), stack(zs), stack(posteriors), stack(priors), stack(h_next))
+                h_next.append(self._deterministic(hs[-1], zs[-1], action[t - 1], tokens[t - 1], attend[t - 1],
+                                                  positions, generator))
+                h = torch.where(is_first[t].unsqueeze(-1), restarted, h_next[-1])  # episodes starting in the window
+            posterior_logits, z = self._posterior(h, embed_part[t], generator)
+            hs.append(h), zs.append(z), posteriors.append(posterior_logits)
+        h_next.append(self._deterministic(hs[-1], zs[-1], action[-1], tokens[-1], attend[-1], positions, generator))
+        hs = torch.stack(hs)
+        return Observation(hs, torch.stack(zs), torch.stack(posteriors), self.prior(hs), torch.stack(h_next))
 
     def imagine_step(self, h: Tensor, latent: Tensor, actions: Tensor, attend: Tensor, positions: Tensor | float,
                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Step every member of a neighbourhood with the prior: h (n, M, H), latent class indices (n, M, C),
         actions (n, M) long, attend (n, M, M) -> (next h, next latent indices (sampled), prior logits)."""
         inputs = torch.cat([actions.unsqueeze(-1), latent], -1).to(h.dtype)
-        x = self.comm([inputs], attend, positions, generator)
+        x = self.comm(inputs, attend, positions, generator)
         h = self.cell(x.flatten(0, -2), h.flatten(0, -2)).view_as(h)
         logits = self.prior(h)
         return h, self.sample_indices(logits, generator)[0], logits
