@@ -94,11 +94,10 @@ class Node:
         coupled = self.world.coupled
         # A coupled world steps every agent, so every step every copy needs everyone's action; a third copy plays
         # the evaluations' baselines (random actions, the reference policy) on their episodes, with no messages.
-        self.action_flood = (Flood(comm, graph, width=self.world.action_width, timeout_s=timeout, name="joint action")
-                             if coupled else None)
+        learner = learner_class(cfg.run.algorithm)
+        self.action_flood = None
         self.baseline_world = make_world(cfg, self.rank, self.n_agents) if coupled else None
         self.eval_flood = Flood(comm, graph, width=1 + len(BASELINE_SUMS), timeout_s=timeout, name="evaluation")
-        learner = learner_class(cfg.run.algorithm)
         self.telemetry = Telemetry(learner.tables, rank=self.rank,
                                    optimal_team_return=world_optimum(cfg, self.n_agents), attrs={
             "config": to_toml(cfg), "version": __version__, "rank": self.rank, "agents": self.n_agents,
@@ -106,8 +105,12 @@ class Node:
         self.learner = learner(LearnerContext(cfg=cfg, world=self.world, rank=self.rank, n_agents=self.n_agents,
                                               graph=graph, device=self.device, seed=self.seed, records=self.telemetry.records,
                                               clock=self.telemetry.clock))
-        self.messages = (NeighbourExchange(comm, graph.neighbours[self.rank], self.learner.message_size, timeout,
-                                           name="neighbour messages") if self.learner.message_size else None)
+        message_size = self.learner.message_size
+        if coupled:  # the learner's neighbour messages ride the joint action's flood: one message per neighbour
+            self.action_flood = Flood(comm, graph, width=self.world.action_width, timeout_s=timeout,
+                                      name="joint action and messages", payload=message_size)
+        self.messages = (NeighbourExchange(comm, graph.neighbours[self.rank], message_size, timeout,
+                                           name="neighbour messages") if message_size and not coupled else None)
         self.telemetry.waited = self.waited_s
         self.message_calls = 0
         self.pending = PendingSteps()
@@ -170,18 +173,24 @@ class Node:
         """Exchange what this step needs with the other ranks, then step `world` (the training or the eval copy).
 
         The learner's message (if it has one) goes to the neighbours, theirs come back; a coupled world
-        needs every rank's action, which a flood brings. Every rank calls it at the same step.
+        needs every rank's action, which a flood brings, the messages riding its first round. Every rank calls
+        it at the same step.
         """
         clock = self.telemetry.clock
-        if self.messages is not None:
+        joint = None
+        if self.action_flood is not None:
+            with clock("messages"):
+                message = self.learner.message(mode) if self.learner.message_size else None
+            with clock("action_flood"):
+                joint = self.action_flood.gather(action, message)
+            if message is not None:
+                with clock("messages"):
+                    self.learner.receive(mode, self.action_flood.payloads)
+        elif self.messages is not None:
             with clock("messages"):
                 self.message_calls += 1
                 received = self.messages.exchange(self.learner.message(mode), call=self.message_calls, round=1)
                 self.learner.receive(mode, received)
-        joint = None
-        if self.action_flood is not None:
-            with clock("action_flood"):
-                joint = self.action_flood.gather(action)
         with clock("env"):
             return world.step(action, joint)
 

@@ -201,6 +201,22 @@ def test_flooded_scalar_sum_min_max_are_exact_and_identical_on_every_rank(comm):
     assert repeated == [math.fsum(range(step, n + step)) for step in range(3)]
 
 
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("topology", ["path", "complete"])  # diameter n - 1 (several rounds), and 1
+def test_a_flood_carries_each_ranks_payload_to_its_neighbours_in_the_first_round(comm, topology):
+    n, rank = comm.Get_size(), comm.Get_rank()
+    graph = build_graph(topology, n)
+    flood = Flood(comm, graph, width=2, timeout_s=TIMEOUT_S, payload=3)
+    tables, payloads = [], []
+    for call in range(3):  # calls reuse the buffers
+        table = flood.gather(np.array([rank, -call], dtype=float), payload=np.array([rank, call, 7.0]))
+        tables.append(table.copy()), payloads.append([p.copy() for p in flood.payloads])
+    flood.free()
+    for call in range(3):
+        np.testing.assert_array_equal(tables[call], np.stack([np.arange(n), np.full(n, -call)], 1))
+        assert [p.tolist() for p in payloads[call]] == [[j, call, 7.0] for j in graph.neighbours[rank]]
+
+
 # ---------------------------------------------------------------------------- deadlines and tags
 
 
