@@ -8,9 +8,11 @@ there with this venv's Python; both trees get the same config file (this tree's)
 the same rank count, and they run alternately, one job at a time (`--repeats` times each), so both see
 the same machine. A run's time is measured the same way for both versions, from its own output: from
 the line `run folder ...` that rank 0 prints once every rank has built its node, to the progress line of
-the last step (the evaluation at the end of training), so start-up (imports) and the final report are
-left out and the random-policy evaluation at the start is in. The per-phase seconds are each version's
-own records (the mean over ranks of the last `timing` row; the baseline's phases are coarser).
+the last step (`run.progress_every` is set to the run's length, so that line comes at its last step,
+before the final checkpoint), so start-up (imports) and the final report are left out and the
+random-policy evaluation at the start is in. The per-phase seconds are each version's own records (the
+mean over ranks of the last `timing` row, written at each evaluation: give `run.eval_every` a value that
+divides `run.train_steps` for them to cover the whole run; the baseline's phases are coarser).
 Run it alone on the machine: other jobs on the cores change both figures, not only one.
 """
 
@@ -86,14 +88,15 @@ def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str,
          as_json: bool) -> None:
     old_tree = worktree(baseline, folder)
     config = config.resolve()
-    results: dict[str, list[dict]] = {"baseline": [], "current": []}
-    for _ in range(repeats):
-        results["baseline"].append(timed_run(old_tree, config, overrides, ranks))
-        results["current"].append(timed_run(ROOT, config, overrides, ranks))
     steps = json.loads(subprocess.run(
         [PYTHON, "-c", "import sys, json; from odmar_mpi.config import load_config; "
                        "c = load_config(sys.argv[1], sys.argv[2:]); print(c.total_steps)", str(config), *overrides],
         cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    timed = (*overrides, f"run.progress_every={steps}")  # the last progress line comes at the last step
+    results: dict[str, list[dict]] = {"baseline": [], "current": []}
+    for _ in range(repeats):
+        results["baseline"].append(timed_run(old_tree, config, timed, ranks))
+        results["current"].append(timed_run(ROOT, config, timed, ranks))
     summary = {}
     for name, runs in results.items():
         seconds = statistics.median(run["seconds"] for run in runs)

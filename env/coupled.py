@@ -16,7 +16,8 @@ The world must be deterministic given its reset seed and the joint actions (simp
 what keeps the copies identical and lets `load_state_dict` replay an episode bit for bit.
 
 Beyond PettingZoo's API a world may offer, and the copy then uses:
-  * `infos[agent]["action_mask"]` (int8 (n_actions,), 1 = available) in the infos of reset and step;
+  * `infos[agent]["action_mask"]` (int8 (n_actions,), 1 = available) in the infos of reset and step, declared
+    by `action_masks = True` on the world;
   * agents that leave the episode early (PettingZoo's rule: terminated or truncated, then gone from `agents`);
   * `episode_metrics()` -> {"win": ...} or {"arrival": ...} once the episode has ended, the keys declared in
     the world's `metric_keys` (`METRICS` names their means);
@@ -116,6 +117,13 @@ def make_coupled_env(name: str, n_agents: int, episode_length: int, **options: A
     return WORLDS[name](n_agents, episode_length, **options)
 
 
+def random_action(rng: np.random.Generator, n_actions: int, available: np.ndarray | None) -> int:
+    """A uniformly random action among the `available` ones (a mask, 1 = available; None: all n_actions)."""
+    if available is None:
+        return int(rng.integers(n_actions))
+    return int(rng.choice(np.flatnonzero(available)))
+
+
 def episode_seed(seed: int, episode: int) -> int:
     """The reset seed of episode `episode` (0, 1, ...) of a run seeded `seed`: the same on every rank."""
     return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0])
@@ -151,6 +159,8 @@ class CoupledWorld:
         self._observations: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
         self._actions: list[np.ndarray] = []  # joint actions since the last reset
+        self.masked = bool(getattr(env, "action_masks", False))
+        """The world restricts actions: infos carry `action_mask` (declared by the world's `action_masks`)."""
         self.metric_key = next((key for key in getattr(env, "metric_keys", ()) if key in METRICS), "")
         """What the world's `episode_metrics()` gives ("win", "arrival"), from its `metric_keys`, or ""."""
         self.has_reference = callable(getattr(env, "reference_actions", None))

@@ -166,6 +166,7 @@ class FlatlandParallelEnv(ParallelEnv):
 
     metadata = {"name": "flatland_v0", "render_modes": ["rgb_array"], "render_fps": 4, "is_parallelizable": True}
     metric_keys = ("arrival",)  # what episode_metrics() gives
+    action_masks = True  # infos carry action_mask
 
     def __init__(self, scenario: str, settings: dict[str, Any], episode_length: int = 0,
                  tree_depth: int = TREE_DEPTH, render_mode: str | None = None) -> None:

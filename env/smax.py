@@ -357,6 +357,7 @@ class SMAXParallelEnv(ParallelEnv):
 
     metadata = {"name": "smax_v0", "render_modes": ["rgb_array"], "render_fps": 2, "is_parallelizable": True}
     metric_keys = ("win",)  # what episode_metrics() gives
+    action_masks = True  # infos carry action_mask
 
     def __init__(self, scenario: str, core: _Core, episode_length: int, render_mode: str | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

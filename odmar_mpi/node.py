@@ -13,6 +13,7 @@ import math
 import random
 import sys
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +46,34 @@ BASELINE_SUMS = ("random_team_return", "random_metric", "reference_team_return",
 
 
 class PendingSteps:
-    """Transitions stepped but not yet complete: their team reward arrives `StepGossip.delay` steps later."""
+    """Steps taken but not yet complete: their team reward arrives `StepGossip.delay` steps later. Each holds the
+    own agent's transition (None while the agent is out of an episode the others go on with), its own reward and
+    whether the world's episode ended with it."""
 
     def __init__(self) -> None:
-        self.steps: deque[tuple[Transition, float]] = deque()
+        self.steps: deque[tuple[Transition | None, float, bool]] = deque()
 
-    def add(self, transition: Transition, own_reward: float) -> None:
-        self.steps.append((transition, own_reward))
+    def add(self, transition: Transition | None, own_reward: float, episode_over: bool) -> None:
+        self.steps.append((transition, own_reward, episode_over))
 
-    def complete(self, reward: float) -> tuple[Transition, float]:
-        """The oldest pending transition with its learning reward filled in, and its own reward."""
-        transition, own_reward = self.steps.popleft()
-        return Transition(transition.obs, transition.action, reward, transition.next_obs, transition.terminated,
-                          transition.truncated), own_reward
+    def complete(self, reward: float) -> tuple[Transition | None, float, bool]:
+        """The oldest pending step, its transition's learning reward filled in."""
+        transition, own_reward, over = self.steps.popleft()
+        return (None if transition is None else replace(transition, reward=reward)), own_reward, over
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": [[t.obs, t.action, t.next_obs, [float(t.terminated), float(t.truncated), own]]
-                          for t, own in self.steps]}
+        empty = np.zeros(0)
+        return {"steps": [[empty, empty, empty, empty, [0.0, 0.0, own, float(over), 0.0]] if t is None else
+                          [t.obs, t.action, t.next_obs, empty if t.available is None else t.available,
+                           [float(t.terminated), float(t.truncated), own, float(over), 1.0]]
+                          for t, own, over in self.steps]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = deque((Transition(np.asarray(obs), np.asarray(action), math.nan, np.asarray(next_obs),
-                                       bool(flags[0]), bool(flags[1])), float(flags[2]))
-                           for obs, action, next_obs, flags in state["steps"])
+        self.steps = deque(
+            ((Transition(np.asarray(obs), np.asarray(action), math.nan, np.asarray(next_obs), bool(flags[0]),
+                         bool(flags[1]), np.asarray(available) if len(available) else None) if flags[4] else None),
+             float(flags[2]), bool(flags[3]))
+            for obs, action, next_obs, available, flags in state["steps"])
 
 
 class Node:
@@ -140,11 +147,9 @@ class Node:
             self.evaluate_random_policy()
         while self.step < total:
             mode = "explore" if self.step >= warmup else "warmup"
-            with clock("act"):
-                action = learner.act(self.obs, mode)
-            next_obs, own_reward, terminated, truncated = self.step_world(self.world, action, mode)
-            self.pending.add(Transition(self.obs, action, math.nan, next_obs, terminated, truncated), own_reward)
-            self.obs = self.start_episode(self.world, "explore") if terminated or truncated else next_obs
+            transition, own_reward, over = self.play_step(self.world, self.obs, mode)
+            self.pending.add(None if transition is None else replace(transition, reward=math.nan), own_reward, over)
+            self.obs = self.start_episode(self.world, "explore") if over else transition.next_obs if transition else self.obs
             self.step += 1
             with clock("step_gossip"):
                 table = self.step_gossip.push((own_reward, float(self.stop_requested)))
@@ -168,6 +173,26 @@ class Node:
             self.checkpoint()
         self.record_last_steps()
         return True
+
+    def play_step(self, world: Any, obs: np.ndarray, mode: str) -> tuple[Transition | None, float, bool]:
+        """One step of `world` (the training or the eval copy): the learner acts while its agent is in the episode;
+        once the agent has left (a dead unit, an arrived train) the rank goes on stepping its copy with the others'
+        actions until the episode ends for all. Returns (the agent's transition with its own reward, or None while
+        it is out; its own reward; whether the episode ended). Every rank calls it at the same step."""
+        active = world.active
+        available = world.available_actions() if active else None
+        if active:
+            with self.telemetry.clock("act"):
+                action = self.learner.act(obs, mode, available)
+        else:
+            action = world.idle_action
+        next_obs, reward, terminated, truncated = self.step_world(world, action, mode)
+        over = world.episode_over
+        if not active:
+            return None, reward, over
+        if (terminated or truncated) and not over:
+            self.learner.leave(mode)
+        return Transition(obs, action, reward, next_obs, terminated, truncated, available), reward, over
 
     def step_world(self, world: Any, action: np.ndarray, mode: str) -> tuple[np.ndarray, float, bool, bool]:
         """Exchange what this step needs with the other ranks, then step `world` (the training or the eval copy).
@@ -206,11 +231,11 @@ class Node:
         own = table[:, OWN_REWARD]
         team = math.fsum(own.tolist())  # exact, so bit-identical on every rank
         reward = team if self.cfg.env.reward_sharing == "team" else float(own[self.rank])
-        transition, own_reward = self.pending.complete(reward)
-        if learn:
+        transition, own_reward, over = self.pending.complete(reward)
+        if learn and transition is not None:
             with self.telemetry.clock("observe"):
                 self.learner.observe(transition)
-        self.telemetry.episode_step(self.step, reward, own_reward, transition.terminated or transition.truncated)
+        self.telemetry.episode_step(self.step, reward, own_reward, over)
         return bool(table[:, STOP].max() > 0)
 
     def record_last_steps(self) -> None:
@@ -281,14 +306,13 @@ class Node:
         returns, transitions, metrics = [], [], []
         world = self.eval_world
         for _ in range(self.cfg.run.eval_episodes):
-            obs, total, done = self.start_episode(world, mode), 0.0, False
-            while not done:
-                with self.telemetry.clock("act"):
-                    action = self.learner.act(obs, mode)
-                next_obs, reward, terminated, truncated = self.step_world(world, action, mode)
-                transitions.append(Transition(obs, action, reward, next_obs, terminated, truncated))
+            obs, total, over = self.start_episode(world, mode), 0.0, False
+            while not over:
+                transition, reward, over = self.play_step(world, obs, mode)
+                if transition is not None:
+                    transitions.append(transition)
+                    obs = transition.next_obs
                 total += reward
-                obs, done = next_obs, terminated or truncated
             returns.append(total)
             if world.coupled and world.metric_key:
                 metrics.append(world.env.episode_metrics()[world.metric_key])

@@ -20,7 +20,7 @@ import numpy as np
 
 import env as world_package
 from env.coupled import WORLDS as COUPLED_WORLDS
-from env.coupled import METRICS, CoupledWorld, make_coupled_env
+from env.coupled import METRICS, CoupledWorld, make_coupled_env, random_action
 from env.optimum import optimal_team_return
 
 REWARD_COLLECTION = "reward-collection"
@@ -34,13 +34,23 @@ class RewardWorldCopy(world_package.AgentEnv):
 
     coupled = False
     discrete = False
+    active = True  # an agent is in its episode until the episode ends
+    episode_over = False
 
     @property
     def action_width(self) -> int:
         return self.act_dim
 
+    def available_actions(self) -> None:
+        return None  # continuous actions, all allowed
+
+    def reset(self) -> np.ndarray:
+        self.episode_over = False
+        return super().reset()
+
     def step(self, action: Any, joint: np.ndarray | None = None) -> tuple[np.ndarray, float, bool, bool]:
         obs, reward, truncated = super().step(action)
+        self.episode_over = truncated
         return obs, reward, False, truncated
 
 
@@ -70,7 +80,7 @@ class CoupledWorldCopy(CoupledWorld):
                 continue
             rng = np.random.default_rng([self.seed, episode, draw])
             choose = ((lambda observations, masks: self.env.reference_actions(observations)) if reference else
-                      (lambda observations, masks: {agent: self.random_action(masks.get(agent), rng)
+                      (lambda observations, masks: {agent: random_action(rng, self.n_actions, masks.get(agent))
                                                     for agent in observations}))
             team, metrics = self.play(episode, choose)
             at = 2 if reference else 0
@@ -78,20 +88,16 @@ class CoupledWorldCopy(CoupledWorld):
             sums[at + 1] += metrics.get(self.metric_key, np.nan)
         return sums
 
-    def random_action(self, mask: np.ndarray | None, rng: np.random.Generator) -> int:
-        """A uniformly random action among the available ones (all where the world has no masks)."""
-        if mask is None:
-            return int(rng.integers(self.n_actions))
-        return int(rng.choice(np.flatnonzero(mask)))
-
     def reset(self) -> np.ndarray:
         return super().reset().astype(np.float64)
 
+    idle_action = np.asarray(0)  # what a rank sends while its agent is out of the episode (the world ignores it)
+
     def step(self, action: Any, joint: np.ndarray | None = None) -> tuple[np.ndarray, float, bool, bool]:
+        """Step every agent still in the episode with its entry of `joint`; the own agent's (observation, reward,
+        terminated, truncated). An agent may leave before the others (`active`); the copies reset together
+        once the episode is over for all (`episode_over`)."""
         obs, reward, terminated, truncated = self.step_joint(np.asarray(joint[:, 0], dtype=np.int64))
-        if (terminated or truncated) and self.env.agents:
-            raise RuntimeError(f"agent {self.agent} left the world before the others: worlds whose agents finish at "
-                               "different steps are not supported (every copy must reset together)")
         return obs.astype(np.float64), reward, terminated, truncated
 
     def sample_action(self, rng: np.random.Generator) -> np.ndarray:

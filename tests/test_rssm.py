@@ -196,7 +196,7 @@ TRIANGLE = local_graph(0, [1, 2], complete(3))
 
 def random_policy(g: torch.Generator):
     """Uniform actions for every member of every start, drawn from g."""
-    return lambda features: torch.randint(0, N_ACTIONS, features.shape[:-1], generator=g)
+    return lambda features, available: torch.randint(0, N_ACTIONS, features.shape[:-1], generator=g)
 
 
 def test_episode_start_inside_a_window_restarts_from_the_zero_state() -> None:

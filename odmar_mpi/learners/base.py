@@ -39,8 +39,9 @@ class Transition:
     action: np.ndarray
     reward: float
     next_obs: np.ndarray
-    terminated: bool
-    truncated: bool
+    terminated: bool  # the agent's part ended (dead, arrived, the task done): nothing follows
+    truncated: bool  # cut off by the time limit: the task would have gone on
+    available: np.ndarray | None = None  # the action mask at obs (int8, 1 = available), where the world has one
 
 
 @dataclass
@@ -111,11 +112,16 @@ class Learner(ABC):
     """float64 values the learner sends each neighbour every step (0: it sends nothing)."""
 
     @abstractmethod
-    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
-        """The action for `obs` in `mode` (one of MODES)."""
+    def act(self, obs: np.ndarray, mode: str, available: np.ndarray | None = None) -> np.ndarray:
+        """The action for `obs` in `mode` (one of MODES), among the `available` ones (an int8 mask, 1 =
+        available; None: all) where the world restricts actions."""
 
     def begin_episode(self, mode: str) -> None:
         """The world copy of `mode` was reset: recurrent state starts over."""
+
+    def leave(self, mode: str) -> None:
+        """The agent has left the episode of the world copy of `mode` (dead, arrived) while the others go on: it
+        acts no more until `begin_episode`, but `message` is still called every step (to say it is gone)."""
 
     def message(self, mode: str) -> np.ndarray:
         """After `act`: this step's message to every neighbour, (message_size,) float64."""

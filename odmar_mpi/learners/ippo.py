@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
+from env.coupled import random_action
 from odmar_mpi.learners.base import Learner, LearnerContext, Transition, average_with_neighbours, require_finite
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.streams import shared_seed
@@ -69,17 +70,20 @@ class IPPOLearner(Learner):
         self.acted: deque[float] = deque()
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+    def act(self, obs: np.ndarray, mode: str, available: np.ndarray | None = None) -> np.ndarray:
         if mode in ("warmup", "random"):
             if mode == "warmup":
                 self.acted.append(math.nan)
-            return np.asarray((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
+            return np.asarray(random_action(self.warmup_rng if mode == "warmup" else self.random_rng,
+                                            self.ctx.world.n_actions, available))
         x = torch.as_tensor(obs, dtype=torch.float32, device=self.device).unsqueeze(0)
+        mask = None if available is None else torch.as_tensor(available, device=self.device).bool().unsqueeze(0)
         if mode == "explore":
-            action, log_prob = self.ppo.actor.act(x, self.generator, greedy=False)
+            action, log_prob = self.ppo.actor.act(x, self.generator, greedy=False, available=mask)
             self.acted.append(log_prob)
             return np.asarray(action)
-        return np.asarray(self.ppo.actor.act(x, self.eval_generator, greedy=self.ctx.cfg.ppo.evaluation == "argmax")[0])
+        greedy = self.ctx.cfg.ppo.evaluation == "argmax"
+        return np.asarray(self.ppo.actor.act(x, self.eval_generator, greedy=greedy, available=mask)[0])
 
     def observe(self, transition: Transition) -> None:
         log_prob = self.acted.popleft()
@@ -100,12 +104,16 @@ class IPPOLearner(Learner):
         obs = [t.obs for t in rollout] + [rollout[-1].next_obs]
         features = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)[:, None, None, :]  # (H+1, 1, 1, F)
         ends = torch.tensor([t.terminated or t.truncated for t in rollout], dtype=torch.float32, device=device)
+        masked = rollout[0].available is not None
+        available = (torch.as_tensor(np.stack([t.available for t in rollout]), device=device).bool().unsqueeze(1)
+                     if masked else None)
         with self.ctx.clock("updates"):
             rewards = truncation_bootstrapped_rewards(rollout, self.ppo.critic, self.ctx.cfg.ppo.gamma)
             batch = self.ppo.make_batch(features, torch.ones(1, 1, dtype=torch.bool, device=device),
                                         torch.tensor([[int(t.action)] for t in rollout], device=device),
                                         rewards.unsqueeze(-1), (1.0 - ends).unsqueeze(-1),
-                                        torch.tensor(behaviour, dtype=torch.float32, device=device).unsqueeze(-1))
+                                        torch.tensor(behaviour, dtype=torch.float32, device=device).unsqueeze(-1),
+                                        available)
             stats = self.ppo.update(batch, self.generator)
         require_finite("IPPO's losses", [stats[key] for key in PPO_STATS], self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
@@ -120,7 +128,8 @@ class IPPOLearner(Learner):
         return {"ppo": self.ppo.state_dict(), "generator": self.generator.get_state(),
                 "eval_generator": self.eval_generator.get_state(),
                 "warmup_rng": self.warmup_rng.bit_generator.state, "acted": list(self.acted),
-                "rollout": [[t.obs, t.action, t.next_obs, [t.reward, float(t.terminated), float(t.truncated), log_prob]]
+                "rollout": [[t.obs, t.action, t.next_obs, np.zeros(0) if t.available is None else t.available,
+                             [t.reward, float(t.terminated), float(t.truncated), log_prob]]
                             for t, log_prob in zip(self.rollout, self.behaviour_log_probs)]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -130,5 +139,6 @@ class IPPOLearner(Learner):
         self.warmup_rng.bit_generator.state = state["warmup_rng"]
         self.acted = deque(float(x) for x in state["acted"])
         self.rollout = [Transition(np.asarray(obs), np.asarray(action), float(flags[0]), np.asarray(next_obs),
-                                   bool(flags[1]), bool(flags[2])) for obs, action, next_obs, flags in state["rollout"]]
+                                   bool(flags[1]), bool(flags[2]), np.asarray(mask) if len(mask) else None)
+                        for obs, action, next_obs, mask, flags in state["rollout"]]
         self.behaviour_log_probs = [float(flags[3]) for *_, flags in state["rollout"]]

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from env.coupled import random_action
 from odmar_mpi.comm.consensus import VectorGossip
 from odmar_mpi.learners.base import (TRAINING_MODES, Learner, LearnerContext, Transition, average_with_neighbours,
                                      require_finite)
@@ -29,6 +30,10 @@ from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, local
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.policy.sequences import SequenceBuffer
 from odmar_mpi.streams import shared_seed
+
+
+ABSENT = -2.0
+"""The action slot of the message of an agent that has left the episode while its neighbours go on."""
 
 
 @dataclass
@@ -39,6 +44,7 @@ class ActingCopy:
     action: int  # the last action taken (-1: none yet)
     messages: NeighbourMessages  # what the neighbours sent at the last step, (1, N, .)
     first: bool  # the next observation starts an episode
+    absent: bool = False  # the agent has left this episode (dead, arrived) while the others go on
 
 
 class MAMBALearner(Learner):
@@ -64,14 +70,17 @@ class MAMBALearner(Learner):
         neighbours = ctx.graph.neighbours[ctx.rank] if cfg.mamba.communication == "neighbours" else ()
         self.slots = len(neighbours)
         self.graph = local_graph(ctx.rank, list(neighbours), ctx.graph.neighbours, device)
-        # Every rank starts from the same weights (they are averaged later, as if shared).
-        self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions,
-                                shared_seed(cfg.run.seed, "model")).to(device)
+        # Every rank starts from the same weights (they are averaged later, as if shared). Where the world
+        # restricts actions, the model also predicts which are available (as MAMBA's does), for imagination.
+        self.masked = bool(getattr(world, "masked", False))
+        self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions, shared_seed(cfg.run.seed, "model"),
+                                available_actions=self.masked).to(device)
         self.model_optimizer = self.model.make_optimizer()
         self.ppo = PPO(self.model_config.compact_features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"),
                        device, classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
-                                     self.model_config.deterministic, seed=ctx.seed("replay"), device=device)
+                                     self.model_config.deterministic, seed=ctx.seed("replay"),
+                                     n_available=world.n_actions if self.masked else None, device=device)
         self.generator = torch.Generator(device).manual_seed(ctx.seed("policy"))
         # the evaluation copy's posterior samples and sampled actions: evaluations never shift training's stream
         self.eval_generator = torch.Generator(device).manual_seed(ctx.seed("evaluate"))
@@ -80,8 +89,8 @@ class MAMBALearner(Learner):
         self.message_width = 1 + self.model_config.n_categoricals + self.model_config.deterministic
         self.message_size = self.message_width if self.slots else 0
         self.copies = {"train": self.fresh_copy(), "eval": self.fresh_copy()}
-        # Per training step, until its transition arrives: (is_first, the neighbours' messages of that step as
-        # received, (N, 1 + C + H) on the host).
+        # Per training step the agent acted in, until its transition arrives: (is_first, the neighbours' messages
+        # of that step as received, (N, 1 + C + H) on the host).
         self.pending: deque[tuple[bool, np.ndarray]] = deque()
 
     # ------------------------------------------------------------------ acting
@@ -109,13 +118,17 @@ class MAMBALearner(Learner):
 
     def begin_episode(self, mode: str) -> None:
         copy = self.copies[self.copy_of(mode)]
-        copy.first = True
+        copy.first, copy.absent = True, False
+
+    def leave(self, mode: str) -> None:
+        self.copies[self.copy_of(mode)].absent = True
 
     @torch.no_grad()
-    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+    def act(self, obs: np.ndarray, mode: str, available: np.ndarray | None = None) -> np.ndarray:
         """Filter the observation into the posterior state (with last step's own action and messages), then
-        act: uniformly at random (warmup, random), by sampling the actor (explore), or in evaluations as
-        `ppo.evaluation` says (sampled, as MAMBA's controller always acts, or the argmax)."""
+        act among the `available` actions: uniformly at random (warmup, random), by sampling the actor
+        (explore), or in evaluations as `ppo.evaluation` says (sampled, as MAMBA's controller always acts, or
+        the argmax)."""
         copy = self.copies[self.copy_of(mode)]
         generator = self.generator if copy is self.copies["train"] else self.eval_generator
         device = self.device
@@ -124,30 +137,38 @@ class MAMBALearner(Learner):
                                                    copy.messages, embed, torch.tensor([copy.first], device=device),
                                                    self.graph, generator)
         if mode in ("warmup", "random"):
-            action = int((self.warmup_rng if mode == "warmup" else self.random_rng).integers(self.ctx.world.n_actions))
+            rng = self.warmup_rng if mode == "warmup" else self.random_rng
+            action = random_action(rng, self.ctx.world.n_actions, available)
         else:
             greedy = mode != "explore" and self.ctx.cfg.ppo.evaluation == "argmax"
-            action = self.ppo.actor.act(self.model.rssm.features(state), generator, greedy)[0]
+            mask = None if available is None else torch.as_tensor(available, device=device).bool().unsqueeze(0)
+            action = self.ppo.actor.act(self.model.rssm.features(state), generator, greedy, mask)[0]
         if copy is self.copies["train"]:
             self.pending.append((copy.first, self.empty_messages()))
         copy.state, copy.action, copy.first = state, action, False
         return np.asarray(action)
 
     def message(self, mode: str) -> np.ndarray:
-        """[action, C latent class indices, h] of this step (float64; the integers are exact), one copy to the host."""
+        """[action, C latent class indices, h] of this step (float64; the integers are exact), one copy to the host;
+        an agent out of the episode sends [ABSENT, -1, ..., 0, ...]."""
         copy = self.copies[self.copy_of(mode)]
+        if copy.absent:
+            absent = self.empty_messages()[:1].reshape(-1)
+            absent[0] = ABSENT
+            return absent
         latent = self.model.rssm.latent_indices(copy.state.z)[0]
         action = torch.tensor([copy.action], dtype=torch.float32, device=self.device)
         return torch.cat([action, latent.float(), copy.state.h[0]]).to("cpu", torch.float64).numpy()
 
     def receive(self, mode: str, messages: list[np.ndarray]) -> None:
+        """The neighbours' messages of this step; a neighbour out of the episode is left out of the attention."""
         c = self.model_config.n_categoricals
         rows = np.stack(messages)
         received = torch.as_tensor(rows, dtype=torch.float32).to(self.device).unsqueeze(0)  # one copy to the device
         copy = self.copies[self.copy_of(mode)]
-        copy.messages = NeighbourMessages(received[..., 0].long(), received[..., 1:1 + c].long(), received[..., 1 + c:],
-                                          torch.ones(1, self.slots, dtype=torch.bool, device=self.device))
-        if copy is self.copies["train"]:
+        copy.messages = NeighbourMessages(received[..., 0].long().clamp(min=-1), received[..., 1:1 + c].long(),
+                                          received[..., 1 + c:], received[..., 0] != ABSENT)
+        if copy is self.copies["train"] and not copy.absent:  # this step's entry, appended by act
             self.pending[-1] = (self.pending[-1][0], rows)
 
     # ------------------------------------------------------------------ learning
@@ -156,7 +177,8 @@ class MAMBALearner(Learner):
         is_first, messages = self.pending.popleft()
         c = self.model_config.n_categoricals
         self.buffer.add(transition.obs, int(transition.action), transition.reward, transition.terminated, is_first,
-                        messages[:, 0], messages[:, 1:1 + c], messages[:, 1 + c:], np.ones(self.slots, dtype=bool))
+                        np.maximum(messages[:, 0], -1), messages[:, 1:1 + c], messages[:, 1 + c:],
+                        messages[:, 0] != ABSENT, transition.available)
 
     def update(self, step: int) -> None:
         """MAMBA trains in phases (`model_step`), not every step."""
@@ -202,15 +224,18 @@ class MAMBALearner(Learner):
             batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
             # burn_in = 0 keeps every row: no mask, no copy of the start states
             starts = imagination_starts(batch.is_first, cfg.burn_in) if cfg.burn_in else None
-            imagined = self.model.imagine(batch, lambda f: self.ppo.actor.sample(f, self.generator), self.graph,
+            imagined = self.model.imagine(batch, lambda f, a: self.ppo.actor.sample(f, self.generator, a), self.graph,
                                           self.generator, starts=starts, member_rewards=neighbourhood)
             rewards = imagined.rewards
             if neighbourhood:
                 valid = imagined.valid.to(rewards.dtype)
                 rewards = (imagined.member_rewards * valid).sum(-1) / valid.sum(-1)
+            # each step counts as much as the predicted probability that the episode is still going there
+            going = torch.cat([torch.ones_like(imagined.continues[:1]), imagined.continues[:-1].cumprod(0)])
         with clock("updates"):
             ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0], rewards,
-                                            imagined.continues)
+                                            imagined.continues, available=None if imagined.available is None else
+                                            imagined.available[:, :, 0], weights=going)
             stats = self.ppo.update(ppo_batch, self.generator)
         require_finite("MAMBA's actor and critic losses", list(stats.values()), self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
@@ -253,7 +278,7 @@ class MAMBALearner(Learner):
         device = self.device
         self.copies = {name: ActingCopy(RSSMState(saved["h"].to(device), saved["z"].to(device)), int(saved["action"]),
                                         NeighbourMessages(*(tensor.to(device) for tensor in saved["messages"])),
-                                        bool(saved["first"]))
+                                        bool(saved["first"]), bool(saved["absent"]))
                        for name, saved in state["copies"].items()}
         self.pending = deque((bool(first), np.asarray(messages).reshape(self.slots, self.message_width))
                              for first, messages in state["pending"])
@@ -270,4 +295,4 @@ def imagination_starts(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:
 
 def _copy_state(copy: ActingCopy) -> dict[str, Any]:
     return {"h": copy.state.h.clone(), "z": copy.state.z.clone(), "action": copy.action,
-            "messages": [tensor.clone() for tensor in copy.messages], "first": copy.first}
+            "messages": [tensor.clone() for tensor in copy.messages], "first": copy.first, "absent": copy.absent}

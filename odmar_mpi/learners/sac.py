@@ -58,7 +58,7 @@ class SACLearner(Learner):
         self.stat_sums: dict[str, torch.Tensor] = {}
         self.stat_count = 0
 
-    def act(self, obs: np.ndarray, mode: str) -> np.ndarray:
+    def act(self, obs: np.ndarray, mode: str, available: np.ndarray | None = None) -> np.ndarray:
         if mode in ("warmup", "random"):
             return self.ctx.world.sample_action(self.warmup_rng if mode == "warmup" else self.random_rng)
         return self.sac.act(obs, deterministic=mode == "evaluate")

@@ -90,6 +90,7 @@ class Imagination(NamedTuple):
     continues: Tensor  # (H, n) predicted probability that member 0's episode goes on after step t
     valid: Tensor  # (n, M) bool
     member_rewards: Tensor | None  # (H, n, M) the reward head at every member's [z_t, h_{t+1}] (MAMBA averages these)
+    available: Tensor | None  # (H, n, M, n_actions) bool: the actions each member could take, as the model predicted
 
 
 def local_graph(agent: int, slots: Sequence[int | None], neighbours: Sequence[Sequence[int]],
@@ -459,9 +460,11 @@ class WorldModel(nn.Module):
         """Imagine agent i's neighbourhood `config.horizon` steps from the rows of a replayed batch (every row:
         n = T * B starts; or the rows where `starts` (T, B) bool is True, in row-major order): agent i starts
         from its posterior state, each neighbour from the (h, z) it sent at that step; every member acts with
-        `policy(compact features (n, M, C + H)) -> (n, M) long`. The reward head reads every member only with
-        `member_rewards` (else only member 0; `member_rewards` is None). Everything is compact: latents as
-        class indices (`compact_features`)."""
+        `policy(compact features (n, M, C + H), available (n, M, n_actions) bool or None) -> (n, M) long`, where a
+        model with the available-actions head draws each member's available actions from it (MAMBA's imagination;
+        at least one, all when it predicts none). The reward head reads every member only with `member_rewards`
+        (else only member 0; `member_rewards` is None). Everything is compact: latents as class indices
+        (`compact_features`)."""
         seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
                                  NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
                                  graph, generator)
@@ -471,10 +474,21 @@ class WorldModel(nn.Module):
         if starts is not None:
             rows = starts.flatten()
             h, latent, valid = h[rows], latent[rows], valid[rows]
-        hs, latents, actions = self.rssm.imagine(h, latent, policy, self.config.horizon,
+        masks: list[Tensor] = []
+
+        def act(features: Tensor) -> Tensor:
+            if self.available is None:
+                return policy(features, None)
+            p = torch.sigmoid(self.available(features))
+            mask = torch.rand(p.shape, generator=generator, device=p.device) < p
+            masks.append(mask | ~mask.any(-1, keepdim=True))
+            return policy(features, masks[-1])
+
+        hs, latents, actions = self.rssm.imagine(h, latent, act, self.config.horizon,
                                                  attention_mask(valid, graph.adjacency), graph.member_ids, generator)
         own = compact_features(hs[1:, :, 0], latents[:-1, :, 0])  # member 0's [z_t, h_{t+1}]
         every = self.reward(compact_features(hs[1:], latents[:-1])).squeeze(-1) if member_rewards else None
         return Imagination(compact_features(hs, latents), actions,
                            every[..., 0] if member_rewards else self.reward(own).squeeze(-1),
-                           torch.sigmoid(self.discount(own)).squeeze(-1), valid, every)
+                           torch.sigmoid(self.discount(own)).squeeze(-1), valid, every,
+                           torch.stack(masks) if masks else None)

@@ -26,6 +26,8 @@ from odmar_mpi.layers import first_layer, initialise
 from odmar_mpi.policy.settings import PPOConfig
 
 Tensor = torch.Tensor
+UNAVAILABLE = -1e9
+"""The logit of an unavailable action (not -inf: a probability of 0 times its log-probability stays 0)."""
 
 
 def _mlp(in_dim: int, out_dim: int, layers: int, hidden: int, classes: Sequence[int] = ()) -> nn.Sequential:
@@ -54,20 +56,24 @@ class Actor(nn.Module):
                 self.net[-1].weight.mul_(config.actor_output_gain)
                 self.net[-1].bias.zero_()
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.net(features)
+    def forward(self, features: Tensor, available: Tensor | None = None) -> Tensor:
+        """Logits (..., n_actions) at features (..., in_dim); those of actions not `available` ((..., n_actions)
+        bool) are UNAVAILABLE, so sampling, log-probabilities and entropy are all over the available ones."""
+        logits = self.net(features)
+        return logits if available is None else logits.masked_fill(~available, UNAVAILABLE)
 
     @torch.no_grad()
-    def sample(self, features: Tensor, generator: torch.Generator) -> Tensor:
-        """Actions (...,) long drawn from the policy at features (..., in_dim)."""
-        probs = self.net(features).softmax(-1)
+    def sample(self, features: Tensor, generator: torch.Generator, available: Tensor | None = None) -> Tensor:
+        """Actions (...,) long drawn from the policy at features (..., in_dim), among the available ones."""
+        probs = self(features, available).softmax(-1)
         return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
 
     @torch.no_grad()
-    def act(self, features: Tensor, generator: torch.Generator, greedy: bool) -> tuple[int, float]:
-        """One action at features (1, in_dim), the most probable (greedy) or drawn from the policy, and its
-        log-probability under the policy (what PPO's ratio divides by)."""
-        logits = self.net(features)[0]
+    def act(self, features: Tensor, generator: torch.Generator, greedy: bool,
+            available: Tensor | None = None) -> tuple[int, float]:
+        """One action at features (1, in_dim) among the `available` ones ((1, n_actions) bool), the most probable
+        (greedy) or drawn from the policy, and its log-probability under the policy (PPO's ratio divides by it)."""
+        logits = self(features, available)[0]
         if greedy:
             action = logits.argmax()
         else:
@@ -127,11 +133,13 @@ def lambda_returns(rewards: Tensor, values: Tensor, discounts: Tensor, lam: floa
     return torch.stack(returns[::-1])
 
 
-def clipped_policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float) -> Tensor:
-    """PPO's clipped surrogate, to minimise: mean of -min(rho A, clip(rho, 1 - clip, 1 + clip) A),
-    rho = exp(log_probs - old_log_probs); all (n,)."""
+def clipped_policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float,
+                        weights: Tensor | None = None) -> Tensor:
+    """PPO's clipped surrogate, to minimise: mean of -w min(rho A, clip(rho, 1 - clip, 1 + clip) A),
+    rho = exp(log_probs - old_log_probs), w = `weights` (default 1); all (n,)."""
     ratio = (log_probs - old_log_probs).exp()
-    return -torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages).mean()
+    surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
+    return -(surrogate if weights is None else weights * surrogate).mean()
 
 
 class PPOBatch(NamedTuple):
@@ -144,6 +152,9 @@ class PPOBatch(NamedTuple):
     old_log_probs: Tensor  # (n,)
     returns: Tensor  # (n,) lambda-returns, the critic's targets
     advantages: Tensor  # (n,) normalised if configured
+    available: Tensor | None  # (n, n_actions) bool: the actions the agent could take, where the world restricts them
+    weights: Tensor  # (n,) how much each sample counts: 1 on real data; in imagination the predicted probability
+    # that the episode is still going at the sample's step, so nothing after a predicted end trains
 
 
 class PPO:
@@ -163,13 +174,16 @@ class PPO:
         self.entropy_coef = config.entropy_coef
 
     @torch.no_grad()
-    def make_batch(self, features: Tensor, valid: Tensor, actions: Tensor, rewards: Tensor,
-                   continues: Tensor, behaviour_log_probs: Tensor | None = None) -> PPOBatch:
+    def make_batch(self, features: Tensor, valid: Tensor, actions: Tensor, rewards: Tensor, continues: Tensor,
+                   behaviour_log_probs: Tensor | None = None, available: Tensor | None = None,
+                   weights: Tensor | None = None) -> PPOBatch:
         """From trajectories of n = H * B samples: features (H + 1, B, M, F) of every member at states 0..H
         (member 0 acts), valid (B, M) bool, member 0's actions (H, B) long, rewards (H, B) and probabilities
         of going on (H, B) after each action (1 - terminated for real data). The ratio's denominator is
         `behaviour_log_probs` (H, B), the log-probabilities the actions had when they were taken, where given;
-        else the current actor's (right when it took the actions, as in imagination)."""
+        else the current actor's (right when it took the actions, as in imagination). `available` (H, B,
+        n_actions) bool: the actions member 0 could take; `weights` (H, B): how much each sample counts
+        (default 1)."""
         values = self.critic(features, valid)  # (H + 1, B)
         returns = lambda_returns(rewards, values, self.config.gamma * continues, self.config.lam)
         advantages = returns - values[:-1]
@@ -178,9 +192,11 @@ class PPO:
             advantages = (advantages - advantages.mean()) / spread
         own = features[:-1, :, 0]
         old_log_probs = (behaviour_log_probs if behaviour_log_probs is not None else
-                         self.actor(own).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1))
+                         self.actor(own, available).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1))
+        weights = torch.ones_like(rewards) if weights is None else weights
         return PPOBatch(own.flatten(0, 1), features[:-1].flatten(0, 1), valid.expand(*actions.shape, -1).flatten(0, 1),
-                        actions.flatten(), old_log_probs.flatten(), returns.flatten(), advantages.flatten())
+                        actions.flatten(), old_log_probs.flatten(), returns.flatten(), advantages.flatten(),
+                        None if available is None else available.flatten(0, 1), weights.flatten())
 
     def update(self, batch: PPOBatch, generator: torch.Generator) -> dict[str, float]:
         """`epochs` passes over shuffled minibatches: actor step, entropy decay, critic step. Returns means over
@@ -192,16 +208,18 @@ class PPO:
             order = torch.randperm(n, generator=generator, device=generator.device)
             for start in range(0, n, config.minibatch_size):
                 idx = order[start:start + config.minibatch_size]
-                log_probs_all = self.actor(batch.features[idx]).log_softmax(-1)
+                weights = batch.weights[idx]
+                available = None if batch.available is None else batch.available[idx]
+                log_probs_all = self.actor(batch.features[idx], available).log_softmax(-1)
                 log_probs = log_probs_all.gather(-1, batch.actions[idx].unsqueeze(-1)).squeeze(-1)
                 policy_loss = clipped_policy_loss(log_probs, batch.old_log_probs[idx], batch.advantages[idx],
-                                                  config.clip)
-                entropy = -(log_probs_all.exp() * log_probs_all).sum(-1).mean()
+                                                  config.clip, weights)
+                entropy = (weights * -(log_probs_all.exp() * log_probs_all).sum(-1)).mean()
                 self._step(self.actor_optimizer, self.actor, policy_loss - self.entropy_coef * entropy)
                 self.entropy_coef *= config.entropy_decay
 
                 values = self.critic(batch.critic_features[idx], batch.critic_valid[idx])
-                value_loss = 0.5 * (values - batch.returns[idx]).pow(2).mean()
+                value_loss = 0.5 * (weights * (values - batch.returns[idx]).pow(2)).mean()
                 self._step(self.critic_optimizer, self.critic, value_loss)
 
                 with torch.no_grad():
