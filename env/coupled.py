@@ -31,6 +31,8 @@ e.g. uniformly random allowed actions or the reference policy): no other rank is
 from __future__ import annotations
 
 import hashlib
+import importlib
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -95,7 +97,21 @@ def _flatland(n_agents: int, episode_length: int, **options: Any) -> Any:
     return make_flatland(n_agents, episode_length, **options)
 
 
+def _check_smax(n_agents: int, episode_length: int, **options: Any) -> None:
+    from env.smax import check_smax
+
+    check_smax(n_agents, episode_length, **options)
+
+
+def _check_flatland(n_agents: int, episode_length: int, **options: Any) -> None:
+    from env.flatland import check_flatland
+
+    check_flatland(n_agents, episode_length, **options)
+
+
 WORLDS: dict[str, WorldFactory] = {"simple_spread": _simple_spread, "smax": _smax, "flatland": _flatland}
+# Worlds that can say what is wrong with their arguments without being built (SMAX compiles for seconds).
+CHECKS: dict[str, WorldFactory] = {"smax": _check_smax, "flatland": _check_flatland}
 
 
 def register_world(name: str, factory: WorldFactory) -> None:
@@ -104,13 +120,66 @@ def register_world(name: str, factory: WorldFactory) -> None:
     WORLDS[name] = factory
 
 
+def import_world(name: str) -> WorldFactory:
+    """The factory of `name`: a registered world, or "package.module:factory" (any importable callable that
+    returns a PettingZoo ParallelEnv; it gets those of n_agents, episode_length and the world's options that its
+    signature takes), which is registered under that name. ValueError naming the import error or the missing
+    attribute, and the fix."""
+    if name in WORLDS:
+        return WORLDS[name]
+    if ":" not in name:
+        raise ValueError(f"env.world = {name!r} is not a known world ({', '.join(sorted(WORLDS))}) nor a factory of "
+                         "your own, written package.module:function (importable, e.g. from PYTHONPATH)")
+    module_name, _, attribute = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way while importing
+        raise ValueError(f"env.world = {name!r}: cannot import {module_name} ({type(error).__name__}: {error}); "
+                         "make the module importable (install it, or add its folder to PYTHONPATH)") from error
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"env.world = {name!r}: module {module_name} ({module.__file__}) has no function "
+                         f"{attribute!r}; name a function that returns a PettingZoo ParallelEnv")
+
+    def call(n_agents: int, episode_length: int, **options: Any) -> Any:
+        offered = {"n_agents": n_agents, "episode_length": episode_length, **options}
+        accepted = inspect.signature(factory).parameters
+        takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+        return factory(**{key: value for key, value in offered.items() if takes_all or key in accepted})
+
+    register_world(name, call)
+    return call
+
+
+def check_world(name: str, n_agents: int, episode_length: int, **options: Any) -> None:
+    """ValueError (or MissingWorldPackage) naming what is wrong with world `name` for a job of `n_agents` ranks:
+    unknown world or scenario, an agent count other than the rank count (saying which mpirun -n), actions that
+    are not Discrete; built once unless the world can tell without (CHECKS)."""
+    import_world(name)
+    if name in CHECKS:
+        CHECKS[name](n_agents, episode_length, **options)
+        return
+    env = make_coupled_env(name, n_agents, episode_length, **options)
+    if not hasattr(env, "possible_agents") or not callable(getattr(env, "action_space", None)):
+        raise ValueError(f"env.world = {name!r} built a {type(env).__name__}, not a PettingZoo ParallelEnv (it needs "
+                         "possible_agents, observation_space(agent), action_space(agent), reset and step)")
+    agents = len(env.possible_agents)
+    if agents != n_agents:
+        raise ValueError(f"env.world = {name!r} has {agents} agents but the job has {n_agents} ranks (one rank per "
+                         f"agent): launch mpirun -n {agents}")
+    space = env.action_space(env.possible_agents[0])
+    if not hasattr(space, "n"):
+        raise ValueError(f"env.world = {name!r}: the agents' action space is {space}; MAMBA and IPPO act in Discrete "
+                         "spaces (a world with continuous actions would need a learner for them)")
+    env.close()
+
+
 def make_coupled_env(name: str, n_agents: int, episode_length: int, **options: Any) -> Any:
-    """A fresh ParallelEnv of the registered world `name` with `n_agents` agents, truncated after
-    `episode_length` steps (0: the world's own limit); `options` go to the world's factory (e.g. local_ratio for
-    simple_spread, scenario for SMAX and Flatland)."""
+    """A fresh ParallelEnv of the world `name` (registered, or "package.module:factory": `import_world`) with
+    `n_agents` agents, truncated after `episode_length` steps (0: the world's own limit); `options` go to the
+    world's factory (e.g. local_ratio for simple_spread, scenario for SMAX and Flatland)."""
     if name not in WORLDS:
-        raise ValueError(f"world = {name!r} is not registered; known worlds: {sorted(WORLDS)} "
-                         "(register another with env.coupled.register_world)")
+        import_world(name)
     if n_agents < 1 or episode_length < 0:
         raise ValueError(f"world {name!r}: n_agents = {n_agents} must be >= 1 and episode_length = "
                          f"{episode_length} >= 0 (0: the world's own limit)")

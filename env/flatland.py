@@ -57,6 +57,7 @@ dependencies, then the few it needs to import (see the Makefile).
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import gymnasium
@@ -140,10 +141,28 @@ def make_flatland(n_agents: int, episode_length: int, *, scenario: str = "5_agen
     `options`: any setting of the scenario but n_trains (width, height, n_cities, grid_mode,
     max_rails_between_cities, max_rail_pairs_in_city, malfunction_rate, malfunction_min, malfunction_max),
     tree_depth (3, MAMBA's) and render_mode (None or "rgb_array")."""
+    settings = check_flatland(n_agents, episode_length, scenario=scenario, **options)
+    tree_depth = int(options.pop("tree_depth", TREE_DEPTH))
+    render_mode = options.pop("render_mode", None)
+    settings.update(options)
+    return FlatlandParallelEnv(scenario, settings, episode_length, tree_depth, render_mode)
+
+
+def scenario_settings(scenario: str) -> dict[str, Any]:
+    """The settings of `scenario`: one of SCENARIOS, or "tiny_<n>" (the tiny world with n trains, for tests on any
+    rank count); ValueError naming the known ones."""
+    if (match := re.fullmatch(r"tiny_(\d+)", scenario)) and int(match[1]) >= 1:
+        return {**SCENARIOS["tiny"], "n_trains": int(match[1])}
     if scenario not in SCENARIOS:
         raise ValueError(f"env.scenario = {scenario!r} is not a Flatland scenario; known scenarios: "
-                         f"{known_scenarios()}")
-    settings = dict(SCENARIOS[scenario])
+                         f"{known_scenarios()} and tiny_<n> (the tiny world with n trains)")
+    return dict(SCENARIOS[scenario])
+
+
+def check_flatland(n_agents: int, episode_length: int, *, scenario: str = "5_agents", **options: Any) -> dict[str, Any]:
+    """What `make_flatland` refuses, found without building the world: ValueError naming the problem and the fix.
+    Returns the scenario's settings."""
+    settings = scenario_settings(scenario)
     n_trains = settings["n_trains"]
     if n_agents != n_trains:
         raise ValueError(f"Flatland scenario {scenario!r} has {n_trains} trains but the job has {n_agents} ranks: "
@@ -155,10 +174,7 @@ def make_flatland(n_agents: int, episode_length: int, *, scenario: str = "5_agen
         raise ValueError(f"Flatland options {unknown} are not settings of a scenario; allowed: "
                          f"{sorted(set(settings) - {'n_trains'}) + list(_WORLD_OPTIONS)} "
                          "(the train count is the scenario's)")
-    tree_depth = int(options.pop("tree_depth", TREE_DEPTH))
-    render_mode = options.pop("render_mode", None)
-    settings.update(options)
-    return FlatlandParallelEnv(scenario, settings, episode_length, tree_depth, render_mode)
+    return settings
 
 
 class FlatlandParallelEnv(ParallelEnv):

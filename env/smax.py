@@ -332,6 +332,15 @@ def make_smax(n_agents: int, episode_length: int, *, scenario: str = "3m", **opt
 
     `options`: render_mode (None or "rgb_array"), and keyword arguments of jaxmarl's HeuristicEnemySMAX
     (e.g. enemy_shoots, attack_mode of the enemies, won_battle_bonus, see_enemy_actions)."""
+    built, episode_length = check_smax(n_agents, episode_length, scenario=scenario, **options)
+    render_mode = options.pop("render_mode", None)
+    return SMAXParallelEnv(scenario, _core(scenario, built, episode_length, options), episode_length, render_mode)
+
+
+def check_smax(n_agents: int, episode_length: int, *, scenario: str = "3m", **options: Any) -> tuple[Any, int]:
+    """What `make_smax` refuses, found without compiling anything: ValueError naming the problem and the fix (a
+    scenario SMAX cannot build, an ally count other than the rank count, options it does not take), or
+    MissingWorldPackage. Returns the scenario and the time limit."""
     built = _scenario(scenario)
     allies = int(built.num_allies)
     if n_agents != allies:
@@ -344,12 +353,11 @@ def make_smax(n_agents: int, episode_length: int, *, scenario: str = "3m", **opt
         episode_length = SMAC_TIME_LIMITS[scenario]
     if episode_length < 1:
         raise ValueError(f"episode_length = {episode_length}: must be >= 1 (or 0 for SMAC's limit)")
-    render_mode = options.pop("render_mode", None)
     fixed = sorted(set(options) & set(_FIXED_OPTIONS))
     if fixed:
         raise ValueError(f"SMAX options {fixed} cannot be set here: the world has Discrete actions, unit_list "
                          "observations, and takes its scenario and time limit from scenario and episode_length")
-    return SMAXParallelEnv(scenario, _core(scenario, built, episode_length, options), episode_length, render_mode)
+    return built, episode_length
 
 
 class SMAXParallelEnv(ParallelEnv):

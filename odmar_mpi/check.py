@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from odmar_mpi.config import ConfigError, load_config, to_toml, validate
+from odmar_mpi.config import Config, ConfigError, load_config, to_toml, validate
 from odmar_mpi.config import explain as explain_settings
 from odmar_mpi.memory import available_memory, check_fits, estimate_for_config, format_memory
 
@@ -38,6 +38,8 @@ def main(config: Path | None, ranks: int, overrides: tuple[str, ...], ranks_per_
     try:
         cfg = load_config(config, overrides)
         validate(cfg, ranks)
+        if ":" in cfg.env.world:
+            api_test(cfg, ranks)
     except ConfigError as err:
         click.echo(f"odmar_mpi.check: error: {err}", err=True)
         sys.exit(2)
@@ -59,6 +61,23 @@ def main(config: Path | None, ranks: int, overrides: tuple[str, ...], ranks_per_
         sys.exit(2)
     click.echo(f"# {config or 'built-in default'}: valid for {ranks} ranks")
     click.echo(to_toml(cfg))
+
+
+def api_test(cfg: Config, ranks: int) -> None:
+    """Run PettingZoo's parallel_api_test on a world of your own ("package.module:factory") once, with `ranks`
+    agents; ConfigError naming what it found."""
+    from pettingzoo.test import parallel_api_test
+
+    from env.coupled import make_coupled_env
+    from odmar_mpi.worlds import world_options
+
+    env = make_coupled_env(cfg.env.world, ranks, cfg.env.episode_length, **world_options(cfg))
+    try:
+        parallel_api_test(env, num_cycles=100)
+    except Exception as err:  # the test reports with assertions and the world's own exceptions
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"env.world = {cfg.env.world!r} fails PettingZoo's parallel_api_test: {detail}; every "
+                          "rank steps a copy of it, so it must follow the ParallelEnv API") from None
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from odmar_mpi.model.settings import ModelConfig, WorldModelConfig
 from odmar_mpi.policy.settings import PPOConfig, SACConfig
 from odmar_mpi.settings import (SettingError, check_settings, coerce, describe_settings, did_you_mean, setting,
                                 unknown_field_hint)
-from odmar_mpi.worlds import REWARD_COLLECTION, WORLD_NAMES, WORLD_PACKAGES
+from odmar_mpi.worlds import REWARD_COLLECTION, WORLD_PACKAGES, check_world
 
 ConfigError = SettingError
 """A configuration problem, phrased for the person who wrote the config."""
@@ -75,15 +75,20 @@ class RunConfig:
 class EnvConfig:
     """The `[env]` settings: the world every rank holds a copy of."""
 
-    world: str = setting(REWARD_COLLECTION, "'reward-collection' (agents move alone; ODMAR's world) or a coupled "
-                                            "PettingZoo world stepped with everyone's actions, e.g. 'simple_spread' "
-                                            "(mpe2).", choices=WORLD_NAMES)
+    world: str = setting(REWARD_COLLECTION, "'reward-collection' (agents move alone; ODMAR's world), or a coupled "
+                                            "PettingZoo world stepped with everyone's actions: 'simple_spread' "
+                                            "(mpe2), 'smax' (StarCraft-style battles, jaxmarl), 'flatland' (trains, "
+                                            "flatland-rl), or your own as 'package.module:factory' (a function "
+                                            "returning a PettingZoo ParallelEnv with Discrete actions).")
+    scenario: str = setting("", "The coupled world's scenario: SMAX's map (e.g. '3m', '2s3z', 'Nm'), Flatland's "
+                                "setting (e.g. '5_agents'); '' = the world's default.")
     n_agents: int = setting(0, "Agents in the world; 0 = one per rank (any other value must equal the rank "
                                "count).", low=0)
     n_rewards: int = setting(10, "Reward-collection world: reward sites on the grid.", low=1)
     action_penalty: bool = setting(True, "Subtract sum|action| from each step's reward.")
-    episode_length: int = setting(100, "Steps per episode (a truncation, not a terminal state).", unit="steps",
-                                  low=1)
+    episode_length: int = setting(100, "Steps per episode (a truncation, not a terminal state); on coupled worlds 0 "
+                                       "= the world's own limit (SMAX: SMAC's per map; Flatland: its timetable's; "
+                                       "simple_spread: 25).", unit="steps", low=0)
     reward_sharing: str = setting("team", "'team': every agent learns from the team reward (exact sum over ranks "
                                           "by per-step gossip); 'local': from its own.", choices=REWARD_SHARING)
 
@@ -253,16 +258,25 @@ def validate(cfg: Config, ranks: int) -> None:
 
 
 def validate_world(cfg: Config, ranks: int) -> None:
-    """The world's package is installed, its agent count is the rank count, its actions suit the algorithm."""
+    """The world's package is installed, its agent count is the rank count, its actions suit the algorithm; the
+    world (or its factory of your own) says what else is wrong (an unknown scenario, its agent count)."""
     world, algorithm = cfg.env.world, cfg.run.algorithm
     if world in WORLD_PACKAGES:
         package, install = WORLD_PACKAGES[world]
         if importlib.util.find_spec(package) is None:
             raise ConfigError(f"env.world = {world!r} needs the package {package!r}, which is not installed: {install}")
+    if world == REWARD_COLLECTION and cfg.env.episode_length < 1:
+        raise ConfigError(f"env.episode_length = {cfg.env.episode_length}: the reward-collection world needs >= 1 "
+                          "steps per episode (0, the world's own limit, is for coupled worlds).")
     if cfg.env.n_agents not in (0, ranks):
         raise ConfigError(f"env.n_agents = {cfg.env.n_agents} but the job has {ranks} ranks: one rank runs one agent, "
                           f"so launch {cfg.env.n_agents} ranks (mpirun -n {cfg.env.n_agents}) or set env.n_agents = 0.")
     discrete_world = world != REWARD_COLLECTION
+    if discrete_world and DISCRETE_ACTIONS[algorithm]:
+        try:
+            check_world(cfg, ranks)
+        except (ValueError, ImportError) as err:  # the world's own words: what is wrong and the fix
+            raise ConfigError(str(err)) from None
     if DISCRETE_ACTIONS[algorithm] != discrete_world:
         kind, other = ("discrete", "continuous") if discrete_world else ("continuous", "discrete")
         fits = [name for name, discrete in DISCRETE_ACTIONS.items() if discrete == discrete_world]

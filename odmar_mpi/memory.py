@@ -60,9 +60,6 @@ HOLDOUT_ROWS = 1000  # held-out transitions of the model's error measurement
 WRITE_BUFFERS = 1_000_000  # HDF5 and file-driver buffers while writing a checkpoint (measured: 0.7 MB)
 GLIBC_MMAP_MAX = 32 << 20  # glibc's largest dynamic mmap threshold: bigger blocks always go back to the system
 OBS_DIM, ACT_DIM = 2, 2  # the reward-collection world (env.OBS_DIM, env.ACT_DIM; tests check they agree)
-# Observation sizes of the coupled worlds by agent count (simple_spread: own velocity and position, every
-# landmark's and every other agent's relative position, the others' communication).
-COUPLED_OBS_DIM = {"simple_spread": lambda n: 6 * n}
 
 # Measured with benchmarks/memory.py's method (USS and shared pages from /proc/self/smaps_rollup) on a
 # rank at steady state whose data are negligible (M = 16, 1000-row replay buffer: USS 254 to 259 MB with
@@ -168,10 +165,12 @@ def gp_parts(m: int, obs_dim: int = OBS_DIM, act_dim: int = ACT_DIM) -> dict[str
     }
 
 
-def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int) -> MemoryEstimate:
-    """MAMBA or IPPO on a coupled world: sequence replay (exact), networks with gradients and Adam, and the
-    largest transient (imagination of the neighbourhood), from the layer sizes; approximate to about 20 %."""
-    wm, ppo, n_actions = cfg.world_model, cfg.ppo, 5
+def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int, n_actions: int = 5,
+                   masked: bool = False) -> MemoryEstimate:
+    """MAMBA or IPPO on a coupled world (observations of `obs_dim`, `n_actions` actions, `masked`: the world
+    restricts them): sequence replay (exact), networks with gradients and Adam, and the largest transient
+    (imagination of the neighbourhood), from the layer sizes; approximate to about 20 %."""
+    wm, ppo = cfg.world_model, cfg.ppo
     slots = max_degree if cfg.mamba.communication == "neighbours" else 0
     c, k, h = wm.n_categoricals, wm.n_classes, wm.deterministic
     features = c * k + h
@@ -189,7 +188,7 @@ def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int) -> Memor
     networks = 4 * parameters * F32  # parameters, gradients, Adam's two moments
     parts = [Part("actor-critic and world model, gradients, Adam", networks, "world_model.hidden / ppo.*_hidden")]
     if mamba:
-        row = (obs_dim + 4 + slots * (2 + c + h)) * F32  # SequenceBuffer's float32 row
+        row = (obs_dim + 4 + slots * (2 + c + h) + (n_actions if masked else 0)) * F32  # SequenceBuffer's row
         rows = cfg.mamba.buffer_size
         parts.append(Part(f"sequence replay ({rows:,} steps)", (rows + min(STAGE_ROWS, rows)) * row,
                           "mamba.buffer_size"))
@@ -307,7 +306,10 @@ def estimate_for_config(cfg: Any, ranks: int) -> MemoryEstimate:
     graph = cfg.comm.graph(ranks, cfg.run.seed)
     degree = max((len(n) for n in graph.neighbours), default=0)
     if cfg.uses_ppo:
-        return mamba_estimate(cfg, ranks, degree, obs_dim=COUPLED_OBS_DIM[cfg.env.world](ranks))
+        from odmar_mpi.worlds import coupled_world_sizes  # numpy only; builds one copy of the world
+
+        obs_dim, n_actions, masked = coupled_world_sizes(cfg, ranks)
+        return mamba_estimate(cfg, ranks, degree, obs_dim, n_actions, masked)
     return estimate_memory(cfg, ranks, degree, diameter=graph.diameter())
 
 

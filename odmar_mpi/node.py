@@ -104,7 +104,7 @@ class Node:
         learner = learner_class(cfg.run.algorithm)
         self.action_flood = None
         self.baseline_world = make_world(cfg, self.rank, self.n_agents) if coupled else None
-        self.eval_flood = Flood(comm, graph, width=1 + len(BASELINE_SUMS), timeout_s=timeout, name="evaluation")
+        self.eval_flood = Flood(comm, graph, width=len(BASELINE_SUMS), timeout_s=timeout, name="baselines")
         self.telemetry = Telemetry(learner.tables, rank=self.rank,
                                    optimal_team_return=world_optimum(cfg, self.n_agents), attrs={
             "config": to_toml(cfg), "version": __version__, "rank": self.rank, "agents": self.n_agents,
@@ -144,7 +144,7 @@ class Node:
         self.telemetry.start_clock(self.step)
         self.telemetry.open_records(self.run_dir)
         if self.step == 0:
-            self.evaluate_random_policy()
+            self.evaluate_baselines()
         while self.step < total:
             mode = "explore" if self.step >= warmup else "warmup"
             transition, own_reward, over = self.play_step(self.world, self.obs, mode)
@@ -252,49 +252,40 @@ class Node:
         self.stop_requested = True
 
     def evaluate(self) -> None:
-        """Episodes of the learner on the own eval copy of the world, then on coupled worlds the baselines on the
-        same episodes (random allowed actions, the world's reference policy); the team return is the exact sum
-        over agents, the metric (win, arrival) the same on every copy."""
+        """Episodes of the learner on the own eval copy of the world, the same `run.eval_episodes` episodes every
+        time (on coupled worlds the copy replays their reset seeds), so evaluations compare like with like and the
+        baselines measured on them before training hold for all; the team return is the exact sum over agents,
+        the metric (win, arrival) the same on every copy."""
         with self.telemetry.clock("eval"):
+            if self.world.coupled:
+                self.eval_world.episode = 0
             own, transitions, metric = self.run_episodes("evaluate")
             self.learner.evaluated(self.step, transitions)
-            episodes = self.eval_world.episode if self.world.coupled else 0
-            team, baselines = self.team_and_baselines(own, range(episodes - self.cfg.run.eval_episodes, episodes))
-        self.telemetry.evaluation(self.step, own, team, {**baselines, "metric": metric})
+            team = self.flood.sum(own)
+        self.telemetry.evaluation(self.step, own, team, metric)
         self.telemetry.save_records()
         if not self.cfg.run.progress_every:
             self.progress()
 
-    def team_and_baselines(self, own: float, episodes: range) -> tuple[float, dict[str, float]]:
-        """The exact team sum of `own`, and the baselines of the evaluation that played `episodes` (coupled
-        worlds: this rank's share of the plays, summed over the ranks in the same flood; elsewhere the random
-        policy measured before training and no reference). Collective."""
-        draws = self.cfg.run.baseline_draws
-        share = (self.baseline_world.baselines(episodes, draws, self.rank, self.n_agents)
-                 if self.baseline_world is not None else np.full(len(BASELINE_SUMS), np.nan))
-        table = self.eval_flood.gather(np.concatenate([[own], share]))  # the same table, bit for bit, on every rank
-        sums = dict(zip(BASELINE_SUMS, table[:, 1:].sum(0)))
-        plays = {"random": draws * len(episodes), "reference": len(episodes)}
-        baselines = {name: float(value) / plays[name.split("_")[0]] for name, value in sums.items()}
-        if self.baseline_world is None:
-            baselines["random_team_return"] = self.telemetry.random_team_return
-        return math.fsum(table[:, 0].tolist()), baselines
-
-    def evaluate_random_policy(self) -> None:
-        """Uniformly random actions, once before training: the bottom of the scale. Coupled worlds play them on the
-        first evaluation's episodes from the baseline copy, which the evaluations then skip (evaluation j plays
-        the (j + 1)-th block of `run.eval_episodes` episodes); the reward-collection world, whose episodes all
-        start alike, through the learner."""
-        episodes = self.cfg.run.eval_episodes
+    def evaluate_baselines(self) -> None:
+        """Once before training, the bottom and top of the scale on the evaluations' episodes. Coupled worlds: the
+        team with uniformly random allowed actions (`run.baseline_draws` plays of each episode) and with the
+        world's reference policy, played on the baseline copy, the plays shared out over the ranks and summed in
+        one flood (no messages: every copy can act for the whole team). The reward-collection world, whose
+        episodes all start alike: random actions through the learner, no reference (its optimum is known).
+        Collective."""
         with self.telemetry.clock("eval"):
-            if self.baseline_world is not None:
-                _, baselines = self.team_and_baselines(0.0, range(episodes))
-                own, team = math.nan, baselines["random_team_return"]
-                self.eval_world.episode += episodes
-            else:
+            if self.baseline_world is None:
                 own = self.run_episodes("random")[0]
-                team = self.flood.sum(own)
-        self.telemetry.random_evaluation(self.step, own, team)
+                baselines = dict.fromkeys(BASELINE_SUMS, math.nan) | {"random_team_return": self.flood.sum(own)}
+            else:
+                own, episodes, draws = math.nan, range(self.cfg.run.eval_episodes), self.cfg.run.baseline_draws
+                share = self.baseline_world.baselines(episodes, draws, self.rank, self.n_agents)
+                table = self.eval_flood.gather(share)  # the same table, bit for bit, on every rank
+                plays = {"random": draws * len(episodes), "reference": len(episodes)}
+                baselines = {name: float(total) / plays[name.split("_")[0]]
+                             for name, total in zip(BASELINE_SUMS, table.sum(0))}
+        self.telemetry.baselines_measured(self.step, own, baselines)
         self.telemetry.save_records()
 
     def run_episodes(self, mode: str) -> tuple[float, list[Transition], float]:

@@ -27,9 +27,10 @@ ABSORBING = ("eval", "checkpoint")
 NODE_TABLES: Tables = {
     # training episodes: the return the agent learned from (team or own) and its own share
     "episodes": ("step", "return", "own_return"),
-    # evaluation: own mean return, the team's (exact sum over agents), its share of the optimum; on coupled worlds,
-    # on the same episodes, the team's expected return with uniformly random allowed actions and with the world's
-    # reference policy, and the mean of the world's episode metric (win, arrival) for the three (NaN where none)
+    # evaluation: own mean return, the team's (exact sum over agents), its share of the optimum; on the same episodes
+    # (every evaluation plays the same ones), the team's expected return with uniformly random allowed actions and
+    # with the world's reference policy (coupled worlds), and the mean of the world's episode metric (win, arrival)
+    # for the three (NaN where none)
     "eval": ("step", "own_return", "team_return", "optimal_share", "random_team_return", "reference_team_return",
              "metric", "random_metric", "reference_metric"),
     # the same evaluation of a uniformly random policy, once before training: the bottom of the scale
@@ -80,8 +81,7 @@ class Telemetry:
         self.episode_return = 0.0
         self.episode_own_return = 0.0
         self.last_team_eval = float("nan")
-        self.last_baselines: dict[str, float] = {}
-        self.random_team_return = float("nan")  # the random policy's before training (the reward-collection world)
+        self.baselines: dict[str, float] = {}  # measured before training (the eval table's baseline columns)
         self.started = time.perf_counter()
         self.started_step = 0
         # seconds this process has waited for neighbours (the node sets it), and those of the run before a resume
@@ -98,23 +98,25 @@ class Telemetry:
                                 **{"return": self.episode_return})
             self.episode_return = self.episode_own_return = 0.0
 
-    def evaluation(self, step: int, own_return: float, team_return: float, baselines: dict[str, float]) -> None:
-        """Record an evaluation; `baselines`: the eval table's random_team_return, reference_team_return, metric,
-        random_metric and reference_metric (NaN where the world has none)."""
+    def evaluation(self, step: int, own_return: float, team_return: float, metric: float) -> None:
+        """Record an evaluation (the world's episode metric, NaN where it has none) with the baselines of its
+        episodes."""
         self.last_team_eval = team_return
-        self.last_baselines = baselines
         self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
-                            optimal_share=self.share(team_return), **baselines)
+                            optimal_share=self.share(team_return), metric=metric, **self.baselines)
         self.records.append("timing", step=step, **self.clock.seconds, waiting=self.waiting_s())
 
     def waiting_s(self) -> float:
         """Seconds spent waiting for neighbours over the whole run (across resumes)."""
         return self.waited_before + self.waited()
 
-    def random_evaluation(self, step: int, own_return: float, team_return: float) -> None:
-        self.random_team_return = team_return
-        self.records.append("random_eval", step=step, own_return=own_return, team_return=team_return,
-                            optimal_share=self.share(team_return))
+    def baselines_measured(self, step: int, own_return: float, baselines: dict[str, float]) -> None:
+        """The evaluations' baselines (random_team_return, random_metric, reference_team_return, reference_metric),
+        measured before training; the random policy's team return also as the `random_eval` row."""
+        self.baselines = baselines
+        team = baselines["random_team_return"]
+        self.records.append("random_eval", step=step, own_return=own_return, team_return=team,
+                            optimal_share=self.share(team))
 
     def share(self, team_return: float) -> float:
         """The team return as a share of the world's optimum (NaN where the optimum is unknown)."""
@@ -155,7 +157,7 @@ class Telemetry:
         # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.
         return {"records": self.records.state_dict(), "clock": {**self.clock.seconds, "waiting": self.waiting_s()},
                 "episode_return": self.episode_return, "episode_own_return": self.episode_own_return,
-                "last_team_eval": self.last_team_eval, "random_team_return": self.random_team_return}
+                "last_team_eval": self.last_team_eval, "baselines": dict(self.baselines)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.records.load_state_dict(state["records"])
@@ -165,4 +167,4 @@ class Telemetry:
         self.episode_return = float(state["episode_return"])
         self.episode_own_return = float(state["episode_own_return"])
         self.last_team_eval = float(state["last_team_eval"])
-        self.random_team_return = float(state["random_team_return"])
+        self.baselines = {name: float(value) for name, value in state["baselines"].items()}

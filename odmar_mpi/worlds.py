@@ -19,14 +19,37 @@ from typing import Any
 import numpy as np
 
 import env as world_package
-from env.coupled import WORLDS as COUPLED_WORLDS
+from env import coupled
 from env.coupled import METRICS, CoupledWorld, make_coupled_env, random_action
 from env.optimum import optimal_team_return
 
 REWARD_COLLECTION = "reward-collection"
-WORLD_NAMES = (REWARD_COLLECTION, *COUPLED_WORLDS)
 # The package each coupled world needs, and how to install it.
-WORLD_PACKAGES = {"simple_spread": ("mpe2", "pip install mpe2  (or: pip install -e '.[mpe]')")}
+WORLD_PACKAGES = {"simple_spread": ("mpe2", "pip install mpe2  (or: pip install -e '.[mpe]')"),
+                  "smax": ("jaxmarl", "pip install -e '.[smax]'  (jaxmarl 0.2.0 with CPU jax)"),
+                  "flatland": ("flatland", "make flatland  (flatland-rl 4.3.0 without its numpy<2 pin)")}
+
+
+def world_options(cfg: Any) -> dict[str, Any]:
+    """The options a coupled world's factory gets from the config (its scenario, where one is named)."""
+    return {"scenario": cfg.env.scenario} if cfg.env.scenario else {}
+
+
+def coupled_world_sizes(cfg: Any, ranks: int) -> tuple[int, int, bool]:
+    """(observation size, number of actions, whether actions are masked) of the configured coupled world with
+    `ranks` agents, read off one copy of it."""
+    env = make_coupled_env(cfg.env.world, ranks, cfg.env.episode_length, **world_options(cfg))
+    agent = env.possible_agents[0]
+    sizes = (int(np.prod(env.observation_space(agent).shape)), int(env.action_space(agent).n),
+             bool(getattr(env, "action_masks", False)))
+    env.close()
+    return sizes
+
+
+def check_world(cfg: Any, ranks: int) -> None:
+    """ValueError (or MissingWorldPackage) naming what is wrong with the configured world for `ranks` ranks."""
+    if cfg.env.world != REWARD_COLLECTION:
+        coupled.check_world(cfg.env.world, ranks, cfg.env.episode_length, **world_options(cfg))
 
 
 class RewardWorldCopy(world_package.AgentEnv):
@@ -110,8 +133,8 @@ def make_world(cfg: Any, rank: int, n_agents: int) -> RewardWorldCopy | CoupledW
     if cfg.env.world == REWARD_COLLECTION:
         return RewardWorldCopy(n_agents=n_agents, agent_id=rank, seed=cfg.run.seed, n_rewards=cfg.env.n_rewards,
                                action_penalty=cfg.env.action_penalty, episode_length=cfg.env.episode_length)
-    return CoupledWorldCopy(make_coupled_env(cfg.env.world, n_agents, cfg.env.episode_length), agent_index=rank,
-                            seed=cfg.run.seed)
+    return CoupledWorldCopy(make_coupled_env(cfg.env.world, n_agents, cfg.env.episode_length, **world_options(cfg)),
+                            agent_index=rank, seed=cfg.run.seed)
 
 
 def world_optimum(cfg: Any, n_agents: int) -> float:

@@ -182,7 +182,7 @@ def test_coupled_world_refusals_name_the_package_the_rank_count_and_the_action_k
     assert discrete_on_continuous.exit_code == 2
     assert ("run.algorithm = 'mamba' acts with discrete actions but env.world = 'reward-collection' takes continuous "
             "ones; choose run.algorithm from odmar, sac for this world, or a world with discrete actions: "
-            "env.world = 'simple_spread'.") in discrete_on_continuous.stderr
+            "env.world = 'simple_spread', 'smax', 'flatland'.") in discrete_on_continuous.stderr
     continuous_on_discrete = check("--ranks", "3", "--set", "env.world=simple_spread")
     assert continuous_on_discrete.exit_code == 2
     assert ("choose run.algorithm from mamba, ippo for this world, or env.world = 'reward-collection'."

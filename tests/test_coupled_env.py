@@ -81,7 +81,7 @@ def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPat
 
 @needs_mpe2
 def test_unknown_world_and_bad_joint_action_are_explained() -> None:
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match="is not a known world .* nor a factory of your own, written package.module:function"):
         make_coupled_env("no_such_world", 2, 5)
     copy = world(0)
     copy.reset()
