@@ -13,15 +13,22 @@ MPI_TEST_TIMEOUT ?= 900
 # On SIGTERM the real-Slurm test stops its own cluster; a watchdog does so should pytest be killed outright.
 SLURM_TEST_TIMEOUT ?= 1800
 
-.PHONY: install run test test-serial test-mpi test-slurm clean
+.PHONY: install flatland run test test-serial test-mpi test-slurm clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,plot,mpe]'
+	$(PY) -m pip install --quiet -e '.[test,plot,mpe,smax]'
+	$(MAKE) flatland
 	touch $@
 
 install: $(VENV)/.installed
+
+# flatland-rl 4.3.0 (env.world = "flatland"): its metadata pins numpy<2, but it runs on numpy 2, so it comes
+# without its dependencies, then the ones RailEnv needs (its sdist compiles Cython: a C compiler is needed).
+flatland:
+	$(PY) -m pip install --quiet --no-deps flatland-rl==4.3.0
+	$(PY) -m pip install --quiet msgpack msgpack-numpy attrs fastenum importlib_resources matplotlib networkx
 
 run: install
 	$(MPIEXEC) -n $(RANKS) $(PY) -m odmar_mpi.run --config configs/quick.toml
