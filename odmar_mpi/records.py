@@ -43,6 +43,11 @@ class Records:
             raise KeyError(f"table {table!r} takes columns {columns}, got {sorted(values)}")
         self.rows[table].append(tuple(float(values[c]) for c in columns))
 
+    def last(self, table: str, column: str) -> float:
+        """`column` of the last row of `table` (NaN while the table is empty)."""
+        rows = self.rows[table]
+        return rows[-1][self.tables[table].index(column)] if rows else float("nan")
+
     def column(self, table: str, name: str) -> np.ndarray:
         index = self.tables[table].index(name)
         return np.array([row[index] for row in self.rows[table]], dtype=np.float64)

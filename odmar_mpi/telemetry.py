@@ -1,17 +1,19 @@
-"""What a node measures about itself: time per phase, episode and evaluation returns, the records file
-and the progress line. Nothing here feeds back into training.
+"""What a node measures about itself: time per phase, episode and evaluation returns, the records file, the
+live TensorBoard logs (`odmar_mpi.tensorboard`) and the progress line. Nothing here feeds back into training.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
+import tomllib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
 from odmar_mpi.records import Records, RecordsFile, Tables, records_path
+from odmar_mpi.tensorboard import LiveLog, normalized_return
 
 PHASES = ("act", "messages", "action_flood", "env", "step_gossip", "observe", "model", "consensus", "imagination",
           "updates", "averaging", "eval", "checkpoint")
@@ -66,28 +68,69 @@ class PhaseClock:
             self.since = now
 
 
+class ObservedRecords(Records):
+    """Records that also hand every row appended to `observer(table, {column: value})`: the one place every row
+    of the node and the learner passes through (the live logs watch it)."""
+
+    def __init__(self, tables: Tables) -> None:
+        super().__init__(tables)
+        self.observer: Callable[[str, dict[str, float]], None] | None = None
+
+    def append(self, table: str, **values: float) -> None:
+        super().append(table, **values)
+        if self.observer is not None:
+            self.observer(table, dict(zip(self.tables[table], self.rows[table][-1])))
+
+
+def duration(seconds: float) -> str:
+    """Seconds as "45s", "3m12s", "2h05m" or "3d04h"."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def total_steps(attrs: dict[str, Any]) -> int | None:
+    """warmup_steps + train_steps of the run's resolved config (attrs["config"], TOML); None without one."""
+    if "config" not in attrs:
+        return None
+    run = tomllib.loads(attrs["config"]).get("run", {})
+    return int(run["warmup_steps"]) + int(run["train_steps"]) if {"warmup_steps", "train_steps"} <= set(run) else None
+
+
 class Telemetry:
-    """Records (the node's tables and the learner's), the phase clock, the running episode, the progress line."""
+    """Records (the node's tables and the learner's), the phase clock, the running episode, the live logs and the
+    progress line."""
 
     def __init__(self, learner_tables: Tables, *, rank: int, optimal_team_return: float, attrs: dict[str, Any]) -> None:
         clash = set(learner_tables) & set(NODE_TABLES)
         if clash:
             raise ValueError(f"learner tables {sorted(clash)} clash with the node's; rename them.")
-        self.records = Records({**NODE_TABLES, **learner_tables})
+        self.records = ObservedRecords({**NODE_TABLES, **learner_tables})
+        self.records.observer = self.row_appended
         self.clock = PhaseClock()
         self.rank = rank
         self.optimal_team_return = optimal_team_return
         self.attrs = attrs
+        self.total_steps = total_steps(attrs)
         self.episode_return = 0.0
         self.episode_own_return = 0.0
         self.last_team_eval = float("nan")
         self.baselines: dict[str, float] = {}  # measured before training (the eval table's baseline columns)
-        self.started = time.perf_counter()
+        self.now: Callable[[], float] = time.perf_counter  # wall clock in seconds (tests set their own)
+        self.started = self.now()
         self.started_step = 0
+        self.last_line = (0, self.started)  # (step, time) of the previous progress line: the rate is measured since
+        self.rate = math.nan  # steps per second between the last two progress lines
         # seconds this process has waited for neighbours (the node sets it), and those of the run before a resume
         self.waited: Callable[[], float] = lambda: 0.0
         self.waited_before = 0.0
         self.file: RecordsFile | None = None
+        self.live: LiveLog | None = None
 
     def episode_step(self, step: int, reward: float, own_reward: float, episode_over: bool) -> None:
         """Account one completed transition; at an episode's end, record its returns."""
@@ -105,6 +148,9 @@ class Telemetry:
         self.records.append("eval", step=step, own_return=own_return, team_return=team_return,
                             optimal_share=self.share(team_return), metric=metric, **self.baselines)
         self.records.append("timing", step=step, **self.clock.seconds, waiting=self.waiting_s())
+        if self.live is not None:
+            elapsed = self.now() - self.started
+            self.live.steps_per_second(step, (step - self.started_step) / elapsed if elapsed > 0 else math.nan)
 
     def waiting_s(self) -> float:
         """Seconds spent waiting for neighbours over the whole run (across resumes)."""
@@ -123,35 +169,83 @@ class Telemetry:
         return team_return / self.optimal_team_return if self.optimal_team_return > 0 else float("nan")
 
     def start_clock(self, step: int) -> None:
-        self.started, self.started_step = time.perf_counter(), step
+        """The process starts (or resumes) training at `step`: rates are measured from here."""
+        self.started, self.started_step = self.now(), step
+        self.last_line = (step, self.started)
+
+    def standing(self) -> str:
+        """How well the team did at the last evaluation, in the best terms the world has: its share of the optimum,
+        else its win or arrival rate, else its share of the way from random actions to the world's reference policy
+        ("random->ref"); "" where there is none."""
+        rows = self.records.rows["eval"]
+        if not rows:
+            return ""
+        row = dict(zip(self.records.tables["eval"], rows[-1]))
+        if math.isfinite(row["optimal_share"]):
+            return f" ({row['optimal_share']:6.1%} of optimum)"
+        if math.isfinite(row["metric"]):
+            return f" ({(self.attrs.get('metric') or 'success_rate').replace('_', ' ')} {row['metric']:4.0%})"
+        normalized = normalized_return(row["team_return"], row["random_team_return"], row["reference_team_return"])
+        return f" ({normalized:6.1%} random->ref)" if math.isfinite(normalized) else ""
 
     def progress(self, step: int, warmup_steps: int, learner_note: str) -> None:
-        """One line on rank 0 for the person at the terminal."""
+        """One line on rank 0 for the person at the terminal: the step, the last evaluation and how it stands, the
+        speed since the previous line and the time left at that speed, the learner's key figures."""
         if self.rank != 0:
             return
-        elapsed = time.perf_counter() - self.started
-        rate = (step - self.started_step) / elapsed if elapsed > 0 else float("nan")
+        now = self.now()
+        since_step, since = self.last_line
+        if now > since and step > since_step:  # else a second line at the same step: keep the last rate
+            self.rate, self.last_line = (step - since_step) / (now - since), (step, now)
         phase = "warm-up" if step <= warmup_steps else "train"
-        share = self.share(self.last_team_eval)
-        optimum = f" ({share:6.1%} of optimum)" if np.isfinite(share) else ""
+        eta = ""
+        if self.total_steps is not None:
+            left = max(self.total_steps - step, 0)
+            eta = ", ETA " + (duration(left / self.rate) if self.rate > 0 else "0s" if left == 0 else "?")
         note = f" | {learner_note}" if learner_note else ""
-        print(f"step {step:>7d} [{phase}] | team eval return {self.last_team_eval:9.2f}{optimum} | "
-              f"{rate:6.1f} steps/s{note}", flush=True)
+        print(f"step {step:>7d} [{phase}] | team eval return {self.last_team_eval:8.2f}{self.standing()} | "
+              f"{self.rate:5.4g} steps/s{eta}{note}", flush=True)
 
     def open_records(self, run_dir: Path) -> None:
-        """Start this rank's records file with the rows held now; later rows are appended by `save_records`."""
+        """Start this rank's records file with the rows held now (later rows are appended by `save_records`) and its
+        live TensorBoard logs. A resumed run (started at a step > 0) hides the points its predecessor logged from
+        that step on and logs the rows the checkpoint holds at that step again (see `odmar_mpi.tensorboard`)."""
         if self.file is None:
             self.file = RecordsFile(records_path(run_dir, self.rank), self.records, self.attrs)
+        if self.live is None:
+            resumed = self.started_step > 0
+            try:
+                self.live = LiveLog(run_dir, self.rank, frozenset(NODE_TABLES), self.attrs.get("metric", ""),
+                                    purge_step=self.started_step if resumed else None)
+            except ImportError as err:  # a venv installed before tensorboard was required
+                if self.rank == 0:
+                    print(f"odmar_mpi.run: warning: no live TensorBoard logs ({err}); pip install tensorboard. The "
+                          "records file is written as usual.", file=sys.stderr, flush=True)
+                return
+            for table, columns in self.records.tables.items():
+                step = columns.index("step")
+                for row in self.records.rows[table]:
+                    if row[step] >= self.started_step:
+                        self.live.row(table, dict(zip(columns, row)))
+
+    def row_appended(self, table: str, row: dict[str, float]) -> None:
+        if self.live is not None:
+            self.live.row(table, row)
 
     def save_records(self) -> None:
-        """Append the rows recorded since the last call to the records file."""
+        """Append the rows recorded since the last call to the records file, and make the live logs readable."""
         if self.file is not None:
             self.file.append()
+        if self.live is not None:
+            self.live.flush()
 
     def close_records(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+        if self.live is not None:
+            self.live.close()
+            self.live = None
 
     def state_dict(self) -> dict[str, Any]:
         # The clock is wall-clock: the one part of a checkpoint that differs between identical runs.

@@ -19,6 +19,7 @@ A learner never imports MPI: whatever it averages with its neighbours goes throu
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, ContextManager
@@ -93,6 +94,12 @@ def average_with_neighbours(parameters: list[torch.nn.Parameter], gossip: Vector
     result = gossip.mix(vector, rounds)
     torch.nn.utils.vector_to_parameters(torch.as_tensor(result.value).to(flat.device, flat.dtype), parameters)
     return result.residuals[0], float(8 * vector.size * rounds)
+
+
+def figures(*named: tuple[str, float]) -> str:
+    """A learner's progress note: "label value" pairs, each value to 3 significant digits, right-aligned in 6
+    characters ("-" where there is none yet), so successive lines align for values from 0.01 to 999."""
+    return ", ".join(f"{label} {value:6.3g}" if math.isfinite(value) else f"{label} {'-':>6}" for label, value in named)
 
 
 MODES = ("warmup", "explore", "evaluate", "random")

@@ -23,7 +23,8 @@ import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
 from env.coupled import random_action
-from odmar_mpi.learners.base import Learner, LearnerContext, Transition, average_with_neighbours, require_finite
+from odmar_mpi.learners.base import (Learner, LearnerContext, Transition, average_with_neighbours, figures,
+                                     require_finite)
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.streams import shared_seed
 
@@ -123,6 +124,11 @@ class IPPOLearner(Learner):
                 self.ctx.rank, step, "IPPO's actor and critic parameters")
         self.ctx.records.append("ppo", step=step, **{key: stats[key] for key in PPO_STATS}, samples=len(rollout),
                                 disagreement=disagreement, parameter_bytes=parameter_bytes)
+
+    def progress_note(self) -> str:
+        """The policy's entropy and the critic's loss, of the last PPO update."""
+        last = self.ctx.records.last
+        return figures(("entropy", last("ppo", "entropy")), ("value loss", last("ppo", "value_loss")))
 
     def state_dict(self) -> dict[str, Any]:
         return {"ppo": self.ppo.state_dict(), "generator": self.generator.get_state(),

@@ -25,7 +25,7 @@ import torch
 from env.coupled import random_action
 from odmar_mpi.comm.consensus import VectorGossip
 from odmar_mpi.learners.base import (TRAINING_MODES, Learner, LearnerContext, Transition, average_with_neighbours,
-                                     require_finite)
+                                     figures, require_finite)
 from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, local_graph
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.policy.sequences import SequenceBuffer
@@ -243,6 +243,12 @@ class MAMBALearner(Learner):
                                                "returns_mean")},
                 "imagined_reward": float(rewards.mean()), "real_reward": float(batch.reward.mean()),
                 "imagined_starts": float(imagined.valid.shape[0])}
+
+    def progress_note(self) -> str:
+        """The world model's reconstruction and reward losses and the policy's entropy, of the last training phase."""
+        last = self.ctx.records.last
+        return figures(("recon", last("mamba", "reconstruction")), ("reward loss", last("mamba", "reward_loss")),
+                       ("entropy", last("mamba", "entropy")))
 
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from odmar_mpi.comm.consensus import VectorGossip
-from odmar_mpi.learners.base import LearnerContext, Transition, require_finite
+from odmar_mpi.learners.base import LearnerContext, Transition, figures, require_finite
 from odmar_mpi.learners.sac import SACLearner
 from odmar_mpi.model.inducing import inducing_points
 from odmar_mpi.model.kernel import world_model_kernel
@@ -163,7 +163,10 @@ class ODMARLearner(SACLearner):
         self.ctx.records.append("model_eval", step=step, model_rmse=rmse)
 
     def progress_note(self) -> str:
-        return f"consensus residual {self.residual:.1e}"
+        """The model's held-out error (RMSE of the predicted state change) at its last update and the critic's loss
+        before the last evaluation (the consensus residual is in the records and the live logs)."""
+        last = self.ctx.records.last
+        return figures(("model RMSE", last("model", "holdout_rmse")), ("critic loss", last("sac", "critic_loss")))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

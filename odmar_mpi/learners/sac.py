@@ -7,7 +7,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from odmar_mpi.learners.base import Learner, LearnerContext, Transition, require_finite
+from odmar_mpi.learners.base import Learner, LearnerContext, Transition, figures, require_finite
 from odmar_mpi.policy.replay import Batch, ReplayBuffer
 from odmar_mpi.policy.sac import SAC
 
@@ -85,6 +85,11 @@ class SACLearner(Learner):
         require_finite(f"SAC {', '.join(means)}", list(means.values()), self.ctx.rank, step, fix="lower sac.lr")
         self.ctx.records.append("sac", step=step, **means)
         self.stat_sums, self.stat_count = {}, 0
+
+    def progress_note(self) -> str:
+        """The critic's loss and the temperature, averaged over the updates before the last evaluation."""
+        last = self.ctx.records.last
+        return figures(("critic loss", last("sac", "critic_loss")), ("alpha", last("sac", "alpha")))
 
     def state_dict(self) -> dict[str, Any]:
         return {"sac": self.sac.state_dict(), "real": self.real.state_dict(), "stat_sums": dict(self.stat_sums),
