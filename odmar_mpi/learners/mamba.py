@@ -184,27 +184,46 @@ class MAMBALearner(Learner):
         """MAMBA trains in phases (`model_step`), not every step."""
 
     def model_step(self, step: int, gossip: VectorGossip) -> None:
-        """Train the world model, then the actor-critic in imagination, then average the weights with the
-        neighbours. Any non-finite loss, gradient or parameter stops the run before the averaging."""
+        """Train the world model, then the actor-critic in imagination, averaging the weights with the neighbours
+        as `mamba.average_every` says. Any non-finite loss, gradient or parameter stops the run before an
+        averaging."""
         if len(self.buffer) < self.settings.sequence_length:
             return
-        stats = self.train_phase(step)
-        disagreement, parameter_bytes = self.average_weights(gossip, step)
+        stats, disagreement, parameter_bytes = self.train_phase(step, gossip)
         self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
                                 parameter_bytes=parameter_bytes,
                                 message_bytes_per_step=8 * self.message_size * self.slots)
 
-    def train_phase(self, step: int) -> dict[str, float]:
-        """`model_updates` world-model steps, then `policy_updates` rounds of imagination + PPO; returns the
-        last ones' statistics (the columns of the `mamba` table that do not concern the averaging)."""
-        for _ in range(self.settings.model_updates):
+    def train_phase(self, step: int, gossip: VectorGossip | None = None) -> tuple[dict[str, float], float, float]:
+        """`model_updates` world-model steps, then `policy_updates` rounds of imagination + PPO; with a gossip
+        handle, the averaging: every `average_every` world-model steps (and after the last) the world model,
+        after every round the actor and critic; or, with average_every = 0, everything once at the end. Returns
+        the last steps' statistics (the columns of the `mamba` table that do not concern the averaging), the
+        disagreement before the last averaging and the bytes sent to each neighbour in the phase."""
+        every, updates = self.settings.average_every, self.settings.model_updates
+        averaged: list[tuple[float, float]] = []
+
+        def average(parameters: list[torch.nn.Parameter], what: str) -> None:
+            if gossip is not None:
+                averaged.append(self.average_weights(gossip, step, parameters, what))
+
+        model = list(self.model.parameters())
+        policy = [*self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
+        for k in range(updates):
             model_stats = self.train_model(step)
+            if every and ((k + 1) % every == 0 or k + 1 == updates):
+                average(model, "MAMBA's world-model parameters")
         for _ in range(self.settings.policy_updates):
             policy_stats = self.train_policy(step)
-        return {"reconstruction": model_stats["reconstruction"], "reward_loss": model_stats["reward"],
-                "discount_loss": model_stats["discount"], "kl": model_stats["kl"],
-                "action_prediction": model_stats["action_prediction"], "model_loss": model_stats["total"],
-                **policy_stats}
+            if every:
+                average(policy, "MAMBA's actor and critic parameters")
+        if not every:
+            average(model + policy, "MAMBA's world-model, actor and critic parameters")
+        stats = {"reconstruction": model_stats["reconstruction"], "reward_loss": model_stats["reward"],
+                 "discount_loss": model_stats["discount"], "kl": model_stats["kl"],
+                 "action_prediction": model_stats["action_prediction"], "model_loss": model_stats["total"],
+                 **policy_stats}
+        return stats, averaged[-1][0] if averaged else 0.0, sum(sent for _, sent in averaged)
 
     def train_model(self, step: int) -> dict[str, float]:
         """One world-model step on replayed windows; its loss terms and gradient norm (all finite, or the run stops)."""
@@ -253,13 +272,14 @@ class MAMBALearner(Learner):
     def shared_parameters(self) -> list[torch.nn.Parameter]:
         return [*self.model.parameters(), *self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
 
-    def average_weights(self, gossip: VectorGossip, step: int) -> tuple[float, float]:
-        """D-PSGD's averaging of the world model, actor and critic with the neighbours (`comm.parameter_rounds`
-        rounds); the optimisers' moments stay this rank's own (docs/architecture.md, "MAMBA"). Returns the
-        disagreement before it and the bytes sent to each neighbour. Collective."""
+    def average_weights(self, gossip: VectorGossip, step: int, parameters: list[torch.nn.Parameter] | None = None,
+                        what: str = "MAMBA's world-model, actor and critic parameters") -> tuple[float, float]:
+        """D-PSGD's averaging of `parameters` (default: the world model, actor and critic) with the neighbours
+        (`comm.parameter_rounds` rounds); the optimisers' moments stay this rank's own (docs/architecture.md,
+        "MAMBA"). Returns the disagreement before it and the bytes sent to each neighbour. Collective."""
         with self.ctx.clock("averaging"):
-            return average_with_neighbours(self.shared_parameters(), gossip, self.ctx.cfg.comm.parameter_rounds,
-                                           self.ctx.rank, step, "MAMBA's world-model, actor and critic parameters")
+            return average_with_neighbours(parameters or self.shared_parameters(), gossip,
+                                           self.ctx.cfg.comm.parameter_rounds, self.ctx.rank, step, what)
 
     # ------------------------------------------------------------------ state
 

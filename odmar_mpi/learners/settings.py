@@ -19,6 +19,10 @@ class MambaConfig:
                                    "25 = one simple_spread episode).", unit="steps", low=1)
     model_updates: int = setting(1, "World-model gradient steps per training phase.", low=1)
     policy_updates: int = setting(1, "Imagination + PPO updates per training phase.", low=1)
+    average_every: int = setting(0, "World-model gradient steps between averaging rounds with the neighbours, the "
+                                    "actor and critic then averaged after every imagination + PPO round (closer to "
+                                    "parameter sharing: less drift between the ranks); 0 = everything once, after "
+                                    "the phase.", unit="steps", low=0)
     batch_size: int = setting(40, "Replayed sequences per model update and per imagination (MAMBA "
                                   "MODEL_BATCH_SIZE).", unit="sequences", low=1)
     sequence_length: int = setting(20, "Steps per replayed sequence (MAMBA SEQ_LENGTH).", unit="steps", low=1)
