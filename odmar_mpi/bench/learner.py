@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from odmar_mpi.config import ConfigError, load_config, validate
 from odmar_mpi.node import Node
+from odmar_mpi.run import install_abort_hook
 
 PARTS = {  # what the table calls each group of phases
     "acting": ("act",), "messages": ("messages",), "action flood": ("action_flood",), "env": ("env",),
@@ -140,6 +141,7 @@ def table(result: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def cli(config_path: Path | None, overrides: tuple[str, ...], as_json: bool) -> None:
     """Steps per second per agent and seconds per part of a short real run. Run under mpiexec."""
+    install_abort_hook()  # an error on one rank ends the job, as in a run
     comm = MPI.COMM_WORLD
     try:
         result = run(comm, config_path, overrides)

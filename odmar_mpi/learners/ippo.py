@@ -96,9 +96,23 @@ class IPPOLearner(Learner):
         """IPPO updates in `model_step`, once a rollout is gathered."""
 
     def model_step(self, step: int, gossip: VectorGossip) -> None:
-        """One PPO update on the rollout gathered since the last one, then the weights' averaging step."""
-        if not self.rollout:
-            return
+        """One PPO update on the rollout gathered since the last one, then the weights' averaging step. The
+        averaging is collective: a rank with nothing to train on (its agent out of the episodes, or all of the
+        rollout from warm-up) joins it all the same."""
+        if self.rollout:
+            self.train(step, gossip)
+        else:
+            self.average(step, gossip)
+
+    def average(self, step: int, gossip: VectorGossip) -> tuple[float, float]:
+        """D-PSGD's averaging of the actor and critic with the neighbours; (disagreement before, bytes sent)."""
+        with self.ctx.clock("averaging"):
+            return average_with_neighbours([*self.ppo.actor.parameters(), *self.ppo.critic.parameters()], gossip,
+                                           self.ctx.cfg.comm.parameter_rounds, self.ctx.rank, step,
+                                           "IPPO's actor and critic parameters")
+
+    def train(self, step: int, gossip: VectorGossip) -> None:
+        """PPO on the rollout, the averaging, the table row."""
         rollout, self.rollout = self.rollout, []
         behaviour, self.behaviour_log_probs = self.behaviour_log_probs, []
         device = self.device
@@ -118,10 +132,7 @@ class IPPOLearner(Learner):
             stats = self.ppo.update(batch, self.generator)
         require_finite("IPPO's losses", [stats[key] for key in PPO_STATS], self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
-        with self.ctx.clock("averaging"):
-            disagreement, parameter_bytes = average_with_neighbours(
-                [*self.ppo.actor.parameters(), *self.ppo.critic.parameters()], gossip, self.ctx.cfg.comm.parameter_rounds,
-                self.ctx.rank, step, "IPPO's actor and critic parameters")
+        disagreement, parameter_bytes = self.average(step, gossip)
         self.ctx.records.append("ppo", step=step, **{key: stats[key] for key in PPO_STATS}, samples=len(rollout),
                                 disagreement=disagreement, parameter_bytes=parameter_bytes)
 

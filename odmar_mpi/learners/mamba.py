@@ -187,20 +187,23 @@ class MAMBALearner(Learner):
         """Train the world model, then the actor-critic in imagination, averaging the weights with the neighbours
         as `mamba.average_every` says. Any non-finite loss, gradient or parameter stops the run before an
         averaging."""
-        if len(self.buffer) < self.settings.sequence_length:
-            return
         stats, disagreement, parameter_bytes = self.train_phase(step, gossip)
-        self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
-                                parameter_bytes=parameter_bytes,
-                                message_bytes_per_step=8 * self.message_size * self.slots)
+        if stats is not None:
+            self.ctx.records.append("mamba", step=step, **stats, disagreement=disagreement,
+                                    parameter_bytes=parameter_bytes,
+                                    message_bytes_per_step=8 * self.message_size * self.slots)
 
-    def train_phase(self, step: int, gossip: VectorGossip | None = None) -> tuple[dict[str, float], float, float]:
+    def train_phase(self, step: int, gossip: VectorGossip | None = None,
+                    ) -> tuple[dict[str, float] | None, float, float]:
         """`model_updates` world-model steps, then `policy_updates` rounds of imagination + PPO; with a gossip
         handle, the averaging: every `average_every` world-model steps (and after the last) the world model,
         after every round the actor and critic; or, with average_every = 0, everything once at the end. Returns
-        the last steps' statistics (the columns of the `mamba` table that do not concern the averaging), the
-        disagreement before the last averaging and the bytes sent to each neighbour in the phase."""
+        the last steps' statistics (the columns of the `mamba` table that do not concern the averaging; None
+        when the replay does not yet hold a window: an agent that left its episodes early has less data), the
+        disagreement before the last averaging and the bytes sent to each neighbour in the phase. The averaging
+        rounds are the same on every rank, trained or not: they are collective."""
         every, updates = self.settings.average_every, self.settings.model_updates
+        trains = len(self.buffer) >= self.settings.sequence_length
         averaged: list[tuple[float, float]] = []
 
         def average(parameters: list[torch.nn.Parameter], what: str) -> None:
@@ -210,20 +213,25 @@ class MAMBALearner(Learner):
         model = list(self.model.parameters())
         policy = [*self.ppo.actor.parameters(), *self.ppo.critic.parameters()]
         for k in range(updates):
-            model_stats = self.train_model(step)
+            if trains:
+                model_stats = self.train_model(step)
             if every and ((k + 1) % every == 0 or k + 1 == updates):
                 average(model, "MAMBA's world-model parameters")
         for _ in range(self.settings.policy_updates):
-            policy_stats = self.train_policy(step)
+            if trains:
+                policy_stats = self.train_policy(step)
             if every:
                 average(policy, "MAMBA's actor and critic parameters")
         if not every:
             average(model + policy, "MAMBA's world-model, actor and critic parameters")
+        disagreement, sent = (averaged[-1][0] if averaged else 0.0), sum(sent for _, sent in averaged)
+        if not trains:
+            return None, disagreement, sent
         stats = {"reconstruction": model_stats["reconstruction"], "reward_loss": model_stats["reward"],
                  "discount_loss": model_stats["discount"], "kl": model_stats["kl"],
                  "action_prediction": model_stats["action_prediction"], "model_loss": model_stats["total"],
                  **policy_stats}
-        return stats, averaged[-1][0] if averaged else 0.0, sum(sent for _, sent in averaged)
+        return stats, disagreement, sent
 
     def train_model(self, step: int) -> dict[str, float]:
         """One world-model step on replayed windows; its loss terms and gradient norm (all finite, or the run stops)."""

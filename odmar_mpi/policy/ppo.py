@@ -136,10 +136,15 @@ def lambda_returns(rewards: Tensor, values: Tensor, discounts: Tensor, lam: floa
 def clipped_policy_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip: float,
                         weights: Tensor | None = None) -> Tensor:
     """PPO's clipped surrogate, to minimise: mean of -w min(rho A, clip(rho, 1 - clip, 1 + clip) A),
-    rho = exp(log_probs - old_log_probs), w = `weights` (default 1); all (n,)."""
+    rho = exp(log_probs - old_log_probs), the mean weighted by `weights` (default 1); all (n,)."""
     ratio = (log_probs - old_log_probs).exp()
     surrogate = torch.min(ratio * advantages, ratio.clamp(1.0 - clip, 1.0 + clip) * advantages)
-    return -(surrogate if weights is None else weights * surrogate).mean()
+    return -surrogate.mean() if weights is None else -weighted_mean(surrogate, weights)
+
+
+def weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """sum(w x) / sum(w): samples of weight 0 change nothing (the mean over all when every weight is 1)."""
+    return (weights * values).sum() / weights.sum().clamp(min=1e-8)
 
 
 class PPOBatch(NamedTuple):
@@ -187,13 +192,15 @@ class PPO:
         values = self.critic(features, valid)  # (H + 1, B)
         returns = lambda_returns(rewards, values, self.config.gamma * continues, self.config.lam)
         advantages = returns - values[:-1]
-        if self.config.normalise_advantages:
-            spread = advantages.std().nan_to_num(0.0) + self.config.advantage_eps  # std of one sample is nan
-            advantages = (advantages - advantages.mean()) / spread
+        weights = torch.ones_like(rewards) if weights is None else weights
+        if self.config.normalise_advantages:  # over the samples that count, as much as they count
+            total = weights.sum()
+            mean = (weights * advantages).sum() / total.clamp(min=1e-8)
+            variance = (weights * (advantages - mean) ** 2).sum() / (total - 1).clamp(min=1)
+            advantages = (advantages - mean) / (variance.sqrt() + self.config.advantage_eps)
         own = features[:-1, :, 0]
         old_log_probs = (behaviour_log_probs if behaviour_log_probs is not None else
                          self.actor(own, available).log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1))
-        weights = torch.ones_like(rewards) if weights is None else weights
         return PPOBatch(own.flatten(0, 1), features[:-1].flatten(0, 1), valid.expand(*actions.shape, -1).flatten(0, 1),
                         actions.flatten(), old_log_probs.flatten(), returns.flatten(), advantages.flatten(),
                         None if available is None else available.flatten(0, 1), weights.flatten())
@@ -214,12 +221,12 @@ class PPO:
                 log_probs = log_probs_all.gather(-1, batch.actions[idx].unsqueeze(-1)).squeeze(-1)
                 policy_loss = clipped_policy_loss(log_probs, batch.old_log_probs[idx], batch.advantages[idx],
                                                   config.clip, weights)
-                entropy = (weights * -(log_probs_all.exp() * log_probs_all).sum(-1)).mean()
+                entropy = weighted_mean(-(log_probs_all.exp() * log_probs_all).sum(-1), weights)
                 self._step(self.actor_optimizer, self.actor, policy_loss - self.entropy_coef * entropy)
                 self.entropy_coef *= config.entropy_decay
 
                 values = self.critic(batch.critic_features[idx], batch.critic_valid[idx])
-                value_loss = 0.5 * (weights * (values - batch.returns[idx]).pow(2)).mean()
+                value_loss = 0.5 * weighted_mean((values - batch.returns[idx]).pow(2), weights)
                 self._step(self.critic_optimizer, self.critic, value_loss)
 
                 with torch.no_grad():
