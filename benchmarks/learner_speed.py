@@ -103,7 +103,8 @@ def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str,
         summary[name] = {"seconds": seconds, "steps_per_second_per_agent": steps / seconds,
                          "runs_s": [run["seconds"] for run in runs], "phases": runs[-1]["phases"]}
     summary["speedup"] = summary["current"]["steps_per_second_per_agent"] / summary["baseline"]["steps_per_second_per_agent"]
-    summary.update({"config": str(config.relative_to(ROOT)), "overrides": list(overrides), "ranks": ranks,
+    shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
+    summary.update({"config": str(shown), "overrides": list(overrides), "ranks": ranks,
                     "steps_per_agent": steps, "baseline_revision": baseline})
     if as_json:
         print(json.dumps(summary))
