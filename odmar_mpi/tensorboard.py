@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,8 @@ class LiveLog:
         # imported here: about 0.4 s, paid only by the processes that write
         from torch.utils.tensorboard import SummaryWriter
 
+        quiet_writer_thread_errors()
+
         self.rank, self.node_tables = rank, node_tables
         self.metric_tag = f"eval/{metric or 'success_rate'}"
         self.dirs = [log_dir(run_dir, agent_name(rank))] + ([log_dir(run_dir, TEAM)] if rank == 0 else [])
@@ -154,3 +157,19 @@ class LiveLog:
             print(f"odmar_mpi.run: warning: rank {self.rank}: TensorBoard logs in {self.dirs[0].parent} stopped "
                   f"({err.strerror or err}); the records file goes on.", file=sys.stderr, flush=True)
             self.writers = None
+
+
+def quiet_writer_thread_errors() -> None:
+    """TensorBoard writes from a thread of its own, which re-raises a failed write (a full disk) and so prints a
+    traceback; the same error reaches the writer's next call in this thread, where `LiveLog.guarded` turns it into
+    one line. So an OSError ending that thread is left unprinted; any other thread's error is printed as before."""
+    if getattr(threading.excepthook, "quiet_writer_thread_errors", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            previous(args)
+
+    hook.quiet_writer_thread_errors = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -219,3 +221,32 @@ def test_each_learner_notes_its_key_figures_from_its_last_row_and_the_line_stays
     t.start_clock(0)
     text = line(t, capsys, 1_000_000, at=3600.0, note=note, warmup=10**6)
     assert len(text) <= 150, (len(text), text)
+
+
+FULL_DISK_WRITER = """
+import errno, sys
+from pathlib import Path
+from odmar_mpi.tensorboard import LiveLog
+
+log = LiveLog(Path(sys.argv[1]), 0, frozenset())
+
+def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+for writer in log.writers:  # the file under TensorBoard's writing thread fills up
+    writer._get_file_writer().event_writer._async_writer._worker._record_writer.write = full
+log.scalar(log.agent, "losses/value_loss", 1.0, 1)
+log.flush()
+log.scalar(log.agent, "losses/value_loss", 2.0, 2)
+log.close()
+print("training goes on")
+"""
+
+
+def test_a_full_disk_under_tensorboards_writing_thread_is_one_line_and_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and "training goes on" in done.stdout, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "TensorBoard logs" in lines[0] and "No space left on device" in lines[0], done.stderr
