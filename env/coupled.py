@@ -178,12 +178,11 @@ def make_coupled_env(name: str, n_agents: int, episode_length: int, **options: A
     """A fresh ParallelEnv of the world `name` (registered, or "package.module:factory": `import_world`) with
     `n_agents` agents, truncated after `episode_length` steps (0: the world's own limit); `options` go to the
     world's factory (e.g. local_ratio for simple_spread, scenario for SMAX and Flatland)."""
-    if name not in WORLDS:
-        import_world(name)
+    factory = import_world(name)
     if n_agents < 1 or episode_length < 0:
         raise ValueError(f"world {name!r}: n_agents = {n_agents} must be >= 1 and episode_length = "
                          f"{episode_length} >= 0 (0: the world's own limit)")
-    return WORLDS[name](n_agents, episode_length, **options)
+    return factory(n_agents, episode_length, **options)
 
 
 def random_action(rng: np.random.Generator, n_actions: int, available: np.ndarray | None) -> int:

@@ -177,15 +177,14 @@ class Telemetry:
         """How well the team did at the last evaluation, in the best terms the world has: its share of the optimum,
         else its win or arrival rate, else its share of the way from random actions to the world's reference policy
         ("random->ref"); "" where there is none."""
-        rows = self.records.rows["eval"]
-        if not rows:
-            return ""
-        row = dict(zip(self.records.tables["eval"], rows[-1]))
-        if math.isfinite(row["optimal_share"]):
-            return f" ({row['optimal_share']:6.1%} of optimum)"
-        if math.isfinite(row["metric"]):
-            return f" ({(self.attrs.get('metric') or 'success_rate').replace('_', ' ')} {row['metric']:4.0%})"
-        normalized = normalized_return(row["team_return"], row["random_team_return"], row["reference_team_return"])
+        last = self.records.last  # NaN before the first evaluation
+        share, metric = last("eval", "optimal_share"), last("eval", "metric")
+        if math.isfinite(share):
+            return f" ({share:6.1%} of optimum)"
+        if math.isfinite(metric):
+            return f" ({(self.attrs.get('metric') or 'success_rate').replace('_', ' ')} {metric:4.0%})"
+        normalized = normalized_return(last("eval", "team_return"), last("eval", "random_team_return"),
+                                       last("eval", "reference_team_return"))
         return f" ({normalized:6.1%} random->ref)" if math.isfinite(normalized) else ""
 
     def progress(self, step: int, warmup_steps: int, learner_note: str) -> None:

@@ -194,9 +194,8 @@ class PPO:
         advantages = returns - values[:-1]
         weights = torch.ones_like(rewards) if weights is None else weights
         if self.config.normalise_advantages:  # over the samples that count, as much as they count
-            total = weights.sum()
-            mean = (weights * advantages).sum() / total.clamp(min=1e-8)
-            variance = (weights * (advantages - mean) ** 2).sum() / (total - 1).clamp(min=1)
+            mean = weighted_mean(advantages, weights)
+            variance = (weights * (advantages - mean) ** 2).sum() / (weights.sum() - 1).clamp(min=1)
             advantages = (advantages - mean) / (variance.sqrt() + self.config.advantage_eps)
         own = features[:-1, :, 0]
         old_log_probs = (behaviour_log_probs if behaviour_log_probs is not None else

@@ -20,6 +20,7 @@ from odmar_mpi.config import Config
 from odmar_mpi.report.runs import (ReportError, Run, Tables, eval_column, finite_mean, holdout_curve, load_run,
                                    run_label, team_curve)
 from odmar_mpi.telemetry import PHASES
+from odmar_mpi.tensorboard import normalized_return
 from odmar_mpi.worlds import world_optimum
 
 # team_return is an exact gossip sum, identical on every rank up to summation order.
@@ -42,9 +43,9 @@ def metric_words(name: str) -> str:
 def reference_share(value: float | None, random: float | None, reference: float | None) -> float | None:
     """(value - random) / (reference - random): 0 for random actions, 1 for the reference policy; None unless
     all three are known and the two references differ."""
-    if value is None or random is None or reference is None or reference == random:
+    if value is None or random is None or reference is None:
         return None
-    return _number((value - random) / (reference - random))
+    return _number(normalized_return(value, random, reference))
 
 
 def summarise(run: Run | Path) -> dict[str, Any]:
