@@ -32,10 +32,6 @@ from odmar_mpi.policy.sequences import SequenceBuffer
 from odmar_mpi.streams import shared_seed
 
 
-PPO_COLUMNS = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "returns_mean")
-POLICY_COLUMNS = (*PPO_COLUMNS, "imagined_reward", "real_reward", "imagined_starts")
-"""The `mamba` table's columns of an imagination + PPO round (NaN in a phase without one: `mamba.policy_delay`)."""
-
 ABSENT = -2.0
 """The action slot of the message of an agent that has left the episode while its neighbours go on."""
 
@@ -71,7 +67,6 @@ class MAMBALearner(Learner):
         self.device = device = ctx.device
         self.settings, self.model_config = cfg.mamba, cfg.world_model
         self.model_every = cfg.mamba.train_every
-        self.policy_from = cfg.run.warmup_steps + cfg.mamba.policy_delay  # the first step whose phase trains PPO
         neighbours = ctx.graph.neighbours[ctx.rank] if cfg.mamba.communication == "neighbours" else ()
         self.slots = len(neighbours)
         self.graph = local_graph(ctx.rank, list(neighbours), ctx.graph.neighbours, device)
@@ -209,8 +204,6 @@ class MAMBALearner(Learner):
         rounds are the same on every rank, trained or not: they are collective."""
         every, updates = self.settings.average_every, self.settings.model_updates
         trains = len(self.buffer) >= self.settings.sequence_length
-        # the same on every rank (the step is), so the averaging rounds below stay collective
-        rounds = self.settings.policy_updates if step >= self.policy_from else 0
         averaged: list[tuple[float, float]] = []
 
         def average(parameters: list[torch.nn.Parameter], what: str) -> None:
@@ -224,8 +217,7 @@ class MAMBALearner(Learner):
                 model_stats = self.train_model(step)
             if every and ((k + 1) % every == 0 or k + 1 == updates):
                 average(model, "MAMBA's world-model parameters")
-        policy_stats = dict.fromkeys(POLICY_COLUMNS, float("nan"))  # no imagination + PPO in this phase
-        for _ in range(rounds):
+        for _ in range(self.settings.policy_updates):
             if trains:
                 policy_stats = self.train_policy(step)
             if every:
@@ -274,7 +266,8 @@ class MAMBALearner(Learner):
             stats = self.ppo.update(ppo_batch, self.generator)
         require_finite("MAMBA's actor and critic losses", list(stats.values()), self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
-        return {**{key: stats[key] for key in PPO_COLUMNS},
+        return {**{key: stats[key] for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
+                                               "returns_mean")},
                 "imagined_reward": float(rewards.mean()), "real_reward": float(batch.reward.mean()),
                 "imagined_starts": float(imagined.valid.shape[0])}
 

@@ -19,10 +19,6 @@ class MambaConfig:
                                    "25 = one simple_spread episode).", unit="steps", low=1)
     model_updates: int = setting(1, "World-model gradient steps per training phase.", low=1)
     policy_updates: int = setting(1, "Imagination + PPO updates per training phase.", low=1)
-    policy_delay: int = setting(0, "Training steps after the warm-up in which only the world model trains (its "
-                                   "phases skip imagination + PPO, so the actor keeps acting as initialised): the "
-                                   "policy does not exploit the errors of a model that has seen only the warm-up's "
-                                   "random steps; 0 = from the first phase (MAMBA).", unit="steps", low=0)
     average_every: int = setting(0, "World-model gradient steps between averaging rounds with the neighbours, the "
                                     "actor and critic then averaged after every imagination + PPO round (closer to "
                                     "parameter sharing: less drift between the ranks); 0 = everything once, after "
