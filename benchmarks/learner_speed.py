@@ -5,8 +5,8 @@
 
 The baseline is checked out once into a `git worktree` (default /tmp/odmar-baseline-<rev>) and run from
 there with this venv's Python; both trees get the same config file (this tree's), the same --set values and
-the same rank count, and they run alternately, one job at a time (`--repeats` times each), so both see
-the same machine. A run's time is measured the same way for both versions, from its own output: from
+the same rank count (`--set-current` adds settings for this tree alone), and they run alternately, one job at
+a time (`--repeats` times each), so both see the same machine. A run's time is measured the same way for both versions, from its own output: from
 the line `run folder ...` that rank 0 prints once every rank has built its node, to the progress line of
 the last step (`run.progress_every` is set to the run's length, so that line comes at its last step,
 before the final checkpoint), so start-up (imports) and the final report are left out and the
@@ -81,11 +81,14 @@ def timed_run(tree: Path, config: Path, overrides: tuple[str, ...], ranks: int) 
               help="Where the baseline is checked out (default: a folder in the temp dir).")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--set", "overrides", multiple=True, help="Applied to both versions; repeatable.")
+@click.option("--set-current", "current_overrides", multiple=True,
+              help="Applied to this tree only, after --set (a setting the baseline does not have, such as "
+                   "run.precision=bfloat16); repeatable.")
 @click.option("--ranks", default=3, show_default=True)
 @click.option("--repeats", default=1, show_default=True, help="Runs of each version, alternating (median).")
 @click.option("--json", "as_json", is_flag=True)
-def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str, ...], ranks: int, repeats: int,
-         as_json: bool) -> None:
+def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str, ...],
+         current_overrides: tuple[str, ...], ranks: int, repeats: int, as_json: bool) -> None:
     old_tree = worktree(baseline, folder)
     config = config.resolve()
     steps = json.loads(subprocess.run(
@@ -96,7 +99,7 @@ def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str,
     results: dict[str, list[dict]] = {"baseline": [], "current": []}
     for _ in range(repeats):
         results["baseline"].append(timed_run(old_tree, config, timed, ranks))
-        results["current"].append(timed_run(ROOT, config, timed, ranks))
+        results["current"].append(timed_run(ROOT, config, (*timed, *current_overrides), ranks))
     summary = {}
     for name, runs in results.items():
         seconds = statistics.median(run["seconds"] for run in runs)
@@ -104,12 +107,14 @@ def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str,
                          "runs_s": [run["seconds"] for run in runs], "phases": runs[-1]["phases"]}
     summary["speedup"] = summary["current"]["steps_per_second_per_agent"] / summary["baseline"]["steps_per_second_per_agent"]
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
-    summary.update({"config": str(shown), "overrides": list(overrides), "ranks": ranks,
+    summary.update({"config": str(shown), "overrides": list(overrides), "current_overrides": list(current_overrides),
+                    "ranks": ranks,
                     "steps_per_agent": steps, "baseline_revision": baseline})
     if as_json:
         print(json.dumps(summary))
         return
-    print(f"{summary['config']} {' '.join(overrides)}: {ranks} ranks, {steps} steps per agent")
+    print(f"{summary['config']} {' '.join(overrides)}: {ranks} ranks, {steps} steps per agent"
+          + (f"; this tree also {' '.join(current_overrides)}" if current_overrides else ""))
     for name in ("baseline", "current"):
         s = summary[name]
         phases = ", ".join(f"{k} {v:.1f}" for k, v in s["phases"].items() if v >= 0.05)

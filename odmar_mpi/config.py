@@ -35,6 +35,7 @@ ConfigError = SettingError
 """A configuration problem, phrased for the person who wrote the config."""
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("float32", "bfloat16")
 REWARD_SHARING = ("team", "local")
 
 
@@ -62,6 +63,12 @@ class RunConfig:
                                        "an older common one if the newest is damaged).", low=1)
     device: str = setting("auto", "'auto' (cuda:<local rank % GPUs> when CUDA is available, else cpu), 'cpu', "
                                   "or 'cuda' (refused where there is no GPU).", choices=DEVICES)
+    precision: str = setting("float32", "Arithmetic of the learners' network updates (world model, imagination, "
+                                        "PPO, SAC): 'float32', or 'bfloat16' mixed precision (torch.autocast: matrix "
+                                        "products in bfloat16; weights, optimiser states and losses stay float32): "
+                                        "about 2x the matmul rate on CPUs with AVX512-BF16 or AMX and on GPUs, at "
+                                        "bfloat16's 3 significant digits. Acting, evaluation and the GP's float64 "
+                                        "algebra are unchanged.", choices=PRECISIONS)
     torch_threads: int = setting(1, "Torch intra-op threads per rank; 1 suits one rank per core.", low=1)
     baseline_draws: int = setting(5, "Coupled worlds: plays of uniformly random allowed actions per evaluation "
                                      "episode, on the evaluation's own episodes (the bottom of the scale each "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 
 import torch
 from mpi4py import MPI
@@ -36,3 +37,9 @@ def select_device(setting: str, local: int) -> torch.device:
         return torch.device("cpu")
     # With --gpus-per-task=1 every rank sees exactly one GPU, so this is cuda:0.
     return torch.device(f"cuda:{local % torch.cuda.device_count()}")
+
+
+def training_precision(precision: str, device: torch.device) -> AbstractContextManager:
+    """The arithmetic of a learner's updates: 'float32' as written, 'bfloat16' under torch.autocast (matrix
+    products in bfloat16, everything autocast keeps in float32 stays so; float64 tensors are never cast)."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16")

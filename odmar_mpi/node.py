@@ -13,6 +13,7 @@ import math
 import random
 import sys
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from odmar_mpi.comm.step_gossip import StepGossip
 from odmar_mpi.comm.topology import Graph
 from odmar_mpi.comm.weights import mixing_matrix
 from odmar_mpi.config import Config, to_toml
-from odmar_mpi.device import local_rank, select_device
+from odmar_mpi.device import local_rank, select_device, training_precision
 from odmar_mpi.learners import learner_class
 from odmar_mpi.learners.base import LearnerContext, Transition
 from odmar_mpi.streams import stream_seed
@@ -156,9 +157,10 @@ class Node:
             stop = table is not None and self.complete_step(table)
 
             if self.step >= warmup and learner.model_every and self.step % learner.model_every == 0:
-                learner.model_step(self.step, self.gossip)
+                with self.precision():
+                    learner.model_step(self.step, self.gossip)
             if self.step > warmup:
-                with clock("updates"):
+                with clock("updates"), self.precision():
                     learner.update(self.step)
             if self.step >= warmup and (self.step - warmup) % run.eval_every == 0:
                 self.evaluate()
@@ -266,6 +268,10 @@ class Node:
         self.telemetry.save_records()
         if not self.cfg.run.progress_every:
             self.progress()
+
+    def precision(self) -> AbstractContextManager:
+        """The arithmetic of the learner's updates (`run.precision`)."""
+        return training_precision(self.cfg.run.precision, self.device)
 
     def evaluate_baselines(self) -> None:
         """Once before training, the bottom and top of the scale on the evaluations' episodes. Coupled worlds: the

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from odmar_mpi.checkpoint import local_steps, verify_checkpoint
 from odmar_mpi.records import read_records, records_path
@@ -112,3 +113,21 @@ def test_a_non_finite_loss_stops_the_run_before_averaging_and_keeps_the_last_che
         steps = local_steps(run_dir, rank)
         assert max(steps) == stop - 25, steps
         assert verify_checkpoint(run_dir, rank, stop - 25, RANKS) is None  # intact: checksums and shape verified
+
+
+def test_bfloat16_precision_reaches_the_training_phases(mamba_run, tmp_path):
+    """run.precision = "bfloat16": the first phase's losses (the same replayed batch from the same weights) differ
+    from float32's by bfloat16's rounding only, everything stays finite and the weights stay float32."""
+    run_dir = tmp_path / "bf16"
+    result = run_job("--out", str(run_dir), overrides=[*TINY, "run.train_steps=50", "run.precision=bfloat16"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in range(RANKS):
+        mixed = read_records(records_path(run_dir, rank))[0]["mamba"]
+        full = read_records(records_path(mamba_run, rank))[0]["mamba"]
+        for column in ("reconstruction", "reward_loss", "kl"):
+            assert np.isfinite(mixed[column]).all(), column
+            first, reference = mixed[column][0], full[column][0]
+            assert first != reference, f"{column}: bit-equal to float32's, so the updates did not run in bfloat16"
+            assert abs(first - reference) <= 0.05 * abs(reference) + 1e-3, (column, first, reference)
+    model = learning_state(run_dir, 0, 100)["learner"]["model"]
+    assert all(tensor.dtype == torch.float32 for tensor in model.values() if tensor.is_floating_point())

@@ -41,10 +41,10 @@ PARTS = {  # what the table calls each group of phases
 MATMUL_SECONDS = 1.0  # how long every rank times the matmul
 
 
-def matmul_rate(rows: int, inner: int, cols: int, device: torch.device) -> float:
-    """FLOP/s of (rows, inner) @ (inner, cols) float32 on `device`, timed for about MATMUL_SECONDS."""
-    a = torch.randn(rows, inner, device=device)
-    b = torch.randn(inner, cols, device=device)
+def matmul_rate(rows: int, inner: int, cols: int, device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of (rows, inner) @ (inner, cols) in `dtype` on `device`, timed for about MATMUL_SECONDS."""
+    a = torch.randn(rows, inner, device=device, dtype=dtype)
+    b = torch.randn(inner, cols, device=device, dtype=dtype)
     a @ b  # warm up
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < MATMUL_SECONDS:
@@ -73,7 +73,9 @@ def mamba_floor(node: Node, comm: MPI.Comm) -> dict[str, Any]:
     flops = {"world_model": counted_flops(lambda: learner.train_model(node.step)),
              "imagination_ppo": counted_flops(lambda: learner.train_policy(node.step))}
     comm.Barrier()
-    rate = matmul_rate(cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden, node.device)
+    # in the arithmetic the run's products use (run.precision)
+    dtype = torch.bfloat16 if cfg.run.precision == "bfloat16" else torch.float32
+    rate = matmul_rate(cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden, node.device, dtype)
     result = {}
     for part in rounds:
         if not rounds[part]:
@@ -84,6 +86,7 @@ def mamba_floor(node: Node, comm: MPI.Comm) -> dict[str, Any]:
                         "floor_s_per_round": floor, "over_floor": per_round / floor}
     result["matmul_gflop_per_s"] = rate / 1e9
     result["matmul_shape"] = [cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden]
+    result["matmul_dtype"] = str(dtype).removeprefix("torch.")
     return result
 
 
@@ -129,7 +132,8 @@ def table(result: dict[str, Any]) -> str:
         if isinstance(figures, dict):
             lines.append(f"{part.replace('_', ' ')}: {figures['rounds']} rounds, {figures['seconds_per_round']:.3f} s "
                          f"each, {figures['gflop_per_round']:.1f} GFLOP; matmul floor {figures['floor_s_per_round']:.3f} "
-                         f"s at {result['floor']['matmul_gflop_per_s']:.1f} GFLOP/s per rank: "
+                         f"s at {result['floor']['matmul_gflop_per_s']:.1f} GFLOP/s per rank "
+                         f"({result['floor']['matmul_dtype']}): "
                          f"{figures['over_floor']:.2f}x the floor")
     return "\n".join(lines)
 

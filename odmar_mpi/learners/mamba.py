@@ -80,8 +80,9 @@ class MAMBALearner(Learner):
         n_agents = len(ctx.graph.neighbours)
         self.member_ids = (one_hot(self.graph.member_ids, n_agents).to(device) if cfg.mamba.agent_id else
                            torch.zeros(len(self.graph.member_ids), 0, device=device))
-        self.ppo = PPO(self.model_config.compact_features + self.member_ids.shape[1], world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"),
-                       device, classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
+        self.ppo = PPO(self.model_config.compact_features + self.member_ids.shape[1], world.n_actions, cfg.ppo,
+                       shared_seed(cfg.run.seed, "init"), device,
+                       classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
                                      self.model_config.deterministic, seed=ctx.seed("replay"),
                                      n_available=world.n_actions if self.masked else None, device=device)
@@ -266,9 +267,10 @@ class MAMBALearner(Learner):
             # each step counts as much as the predicted probability that the episode is still going there
             going = torch.cat([torch.ones_like(imagined.continues[:1]), imagined.continues[:-1].cumprod(0)])
         with clock("updates"):
-            ppo_batch = self.ppo.make_batch(self.identified(imagined.features), imagined.valid, imagined.actions[..., 0], rewards,
-                                            imagined.continues, available=None if imagined.available is None else
-                                            imagined.available[:, :, 0], weights=going)
+            available = None if imagined.available is None else imagined.available[:, :, 0]
+            ppo_batch = self.ppo.make_batch(self.identified(imagined.features), imagined.valid,
+                                            imagined.actions[..., 0], rewards, imagined.continues, available=available,
+                                            weights=going)
             stats = self.ppo.update(ppo_batch, self.generator)
         require_finite("MAMBA's actor and critic losses", list(stats.values()), self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
