@@ -12,7 +12,6 @@ from odmar_mpi.comm.consensus import ConsensusResult
 from odmar_mpi.config import load_config
 from odmar_mpi.learners import ALGORITHMS, DISCRETE_ACTIONS, learner_class
 from odmar_mpi.learners.base import MODES, LearnerContext, Transition
-from odmar_mpi.learners.mamba import MAMBALearner
 from odmar_mpi.records import Records
 from odmar_mpi.streams import stream_seed
 from odmar_mpi.worlds import make_world
@@ -256,32 +255,3 @@ def test_mamba_and_ippo_train_on_the_gpu_end_to_end(algorithm):
         assert torch.equal(a, b)
     assert learner.act(obs, "explore") == twin.act(obs, "explore")
 
-
-def test_agent_id_gives_every_member_its_own_index_in_acting_imagination_and_ppo():
-    """mamba.agent_id on rank 1 of 3 (complete graph): the actor acts on [features, one-hot(1)], imagination asks
-    the actor for every member with that member's own one-hot index (self 1, neighbours 0 and 2), and PPO trains
-    actor and critic on exactly those columns."""
-    cfg = load_config(None, TINY + ["run.algorithm=mamba", "env.world=simple_spread", "mamba.agent_id=true",
-                                    "comm.topology=complete"])
-    world = make_world(cfg, rank=0, n_agents=1)
-    ctx = LearnerContext(cfg=cfg, world=world, rank=1, n_agents=3, graph=cfg.comm.graph(3, 0),
-                         device=torch.device("cpu"), seed=lambda stream: stream_seed(cfg.run.seed, 1, stream), records=Records(MAMBALearner.tables),
-                         clock=lambda phase: nullcontext())
-    learner = MAMBALearner(ctx)
-    members = learner.graph.member_ids.tolist()
-    assert members[0] == 1 and sorted(members[1:]) == [0, 2]
-    seen = {"act": [], "sample": [], "batch": []}
-    act, sample, update = learner.ppo.actor.act, learner.ppo.actor.sample, learner.ppo.update
-    learner.ppo.actor.act = lambda features, *a: seen["act"].append(features) or act(features, *a)
-    learner.ppo.actor.sample = lambda features, *a: seen["sample"].append(features) or sample(features, *a)
-    learner.ppo.update = lambda batch, generator: seen["batch"].append(batch) or update(batch, generator)
-    feed(learner, world, 30)
-    learner.act(world.reset(), "explore")
-    learner.model_step(30, SumOfOne())
-    eye = torch.eye(3)
-    assert torch.equal(seen["act"][-1][:, -3:], eye[[1]])
-    for features in seen["sample"]:  # (n, M, F + 3)
-        assert torch.equal(features[..., -3:], eye[members].expand(*features.shape[:-1], 3))
-    batch = seen["batch"][-1]
-    assert torch.equal(batch.features[:, -3:], eye[[1]].expand(len(batch.features), 3))
-    assert torch.equal(batch.critic_features[..., -3:], eye[members].expand(*batch.critic_features.shape[:-1], 3))

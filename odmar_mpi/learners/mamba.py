@@ -26,7 +26,7 @@ from env.coupled import random_action
 from odmar_mpi.comm.consensus import VectorGossip
 from odmar_mpi.learners.base import (TRAINING_MODES, Learner, LearnerContext, Transition, average_with_neighbours,
                                      figures, require_finite)
-from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, local_graph, one_hot
+from odmar_mpi.model.rssm import NeighbourMessages, RSSMState, WorldModel, local_graph
 from odmar_mpi.policy.ppo import PPO
 from odmar_mpi.policy.sequences import SequenceBuffer
 from odmar_mpi.streams import shared_seed
@@ -76,13 +76,8 @@ class MAMBALearner(Learner):
         self.model = WorldModel(self.model_config, world.obs_dim, world.n_actions, shared_seed(cfg.run.seed, "model"),
                                 available_actions=self.masked).to(device)
         self.model_optimizer = self.model.make_optimizer()
-        # each member's one-hot agent index, appended to its features (M, N), where mamba.agent_id says so
-        n_agents = len(ctx.graph.neighbours)
-        self.member_ids = (one_hot(self.graph.member_ids, n_agents).to(device) if cfg.mamba.agent_id else
-                           torch.zeros(len(self.graph.member_ids), 0, device=device))
-        self.ppo = PPO(self.model_config.compact_features + self.member_ids.shape[1], world.n_actions, cfg.ppo,
-                       shared_seed(cfg.run.seed, "init"), device,
-                       classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
+        self.ppo = PPO(self.model_config.compact_features, world.n_actions, cfg.ppo, shared_seed(cfg.run.seed, "init"),
+                       device, classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
                                      self.model_config.deterministic, seed=ctx.seed("replay"),
                                      n_available=world.n_actions if self.masked else None, device=device)
@@ -147,8 +142,7 @@ class MAMBALearner(Learner):
         else:
             greedy = mode != "explore" and self.ctx.cfg.ppo.evaluation == "argmax"
             mask = None if available is None else torch.as_tensor(available, device=device).bool().unsqueeze(0)
-            features = self.identified(self.model.rssm.features(state).unsqueeze(-2))[:, 0]
-            action = self.ppo.actor.act(features, generator, greedy, mask)[0]
+            action = self.ppo.actor.act(self.model.rssm.features(state), generator, greedy, mask)[0]
         if copy is self.copies["train"]:
             self.pending.append((copy.first, self.empty_messages()))
         copy.state, copy.action, copy.first = state, action, False
@@ -257,9 +251,8 @@ class MAMBALearner(Learner):
             batch = self.buffer.sample(cfg.imagine_batch_size or cfg.batch_size, cfg.sequence_length)
             # burn_in = 0 keeps every row: no mask, no copy of the start states
             starts = imagination_starts(batch.is_first, cfg.burn_in) if cfg.burn_in else None
-            policy = lambda f, a: self.ppo.actor.sample(self.identified(f), self.generator, a)  # noqa: E731
-            imagined = self.model.imagine(batch, policy, self.graph, self.generator, starts=starts,
-                                          member_rewards=neighbourhood)
+            imagined = self.model.imagine(batch, lambda f, a: self.ppo.actor.sample(f, self.generator, a), self.graph,
+                                          self.generator, starts=starts, member_rewards=neighbourhood)
             rewards = imagined.rewards
             if neighbourhood:
                 valid = imagined.valid.to(rewards.dtype)
@@ -267,10 +260,9 @@ class MAMBALearner(Learner):
             # each step counts as much as the predicted probability that the episode is still going there
             going = torch.cat([torch.ones_like(imagined.continues[:1]), imagined.continues[:-1].cumprod(0)])
         with clock("updates"):
-            available = None if imagined.available is None else imagined.available[:, :, 0]
-            ppo_batch = self.ppo.make_batch(self.identified(imagined.features), imagined.valid,
-                                            imagined.actions[..., 0], rewards, imagined.continues, available=available,
-                                            weights=going)
+            ppo_batch = self.ppo.make_batch(imagined.features, imagined.valid, imagined.actions[..., 0], rewards,
+                                            imagined.continues, available=None if imagined.available is None else
+                                            imagined.available[:, :, 0], weights=going)
             stats = self.ppo.update(ppo_batch, self.generator)
         require_finite("MAMBA's actor and critic losses", list(stats.values()), self.ctx.rank, step,
                        fix="lower ppo.actor_lr and ppo.critic_lr")
@@ -278,12 +270,6 @@ class MAMBALearner(Learner):
                                                "returns_mean")},
                 "imagined_reward": float(rewards.mean()), "real_reward": float(batch.reward.mean()),
                 "imagined_starts": float(imagined.valid.shape[0])}
-
-    def identified(self, features: torch.Tensor) -> torch.Tensor:
-        """Features (..., M, F) of the neighbourhood's members -> (..., M, F + A), each member's one-hot agent index
-        appended (A = the number of agents with mamba.agent_id, else 0)."""
-        ids = self.member_ids[:features.shape[-2]]
-        return torch.cat([features, ids.expand(*features.shape[:-1], ids.shape[-1])], -1) if ids.shape[1] else features
 
     def progress_note(self) -> str:
         """The world model's reconstruction and reward losses and the policy's entropy, of the last training phase."""

@@ -39,9 +39,6 @@ class MambaConfig:
                                           "predicted reward, the reward it observes) or 'neighbourhood' (the mean of "
                                           "the reward head over the imagined neighbourhood, MAMBA's team mean).",
                                    choices=IMAGINED_REWARD)
-    agent_id: bool = setting(False, "The actor and critic also read each member's agent index (one-hot over the "
-                                    "run's agents; MAPPO's agent-ID input): their weights are averaged into one "
-                                    "shared policy, which otherwise acts alike wherever agents' features look alike.")
     communication: str = setting("neighbours", "What the communication block attends over: 'neighbours' (self and "
                                                "graph neighbours) or 'self' (the ablation without communication).",
                                  choices=COMMUNICATION)
