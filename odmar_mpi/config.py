@@ -98,6 +98,10 @@ class EnvConfig:
                                        "simple_spread: 25).", unit="steps", low=0)
     reward_sharing: str = setting("team", "'team': every agent learns from the team reward (exact sum over ranks "
                                           "by per-step gossip); 'local': from its own.", choices=REWARD_SHARING)
+    reward_scale: float = setting(1.0, "Multiplies the reward the learners learn from (SMAC scales a battle's "
+                                       "rewards to at most 20; SMAX's come to about 2, so 10 matches SMAC). Returns, "
+                                       "shares and win rates are reported in the world's own units.", low=0,
+                                  low_open=True)
 
 
 @dataclass

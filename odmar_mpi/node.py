@@ -233,7 +233,7 @@ class Node:
         own = table[:, OWN_REWARD]
         team = math.fsum(own.tolist())  # exact, so bit-identical on every rank
         reward = team if self.cfg.env.reward_sharing == "team" else float(own[self.rank])
-        transition, own_reward, over = self.pending.complete(reward)
+        transition, own_reward, over = self.pending.complete(self.cfg.env.reward_scale * reward)
         if learn and transition is not None:
             with self.telemetry.clock("observe"):
                 self.learner.observe(transition)

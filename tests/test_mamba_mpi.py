@@ -179,3 +179,24 @@ def test_on_a_ring_the_disagreement_shrinks_geometrically(comm):
     ratios = np.array(disagreement[1:]) / np.array(disagreement[:-1])
     assert np.all(ratios < 1)  # every averaging step brings the ranks closer
     assert np.all(ratios <= second_largest_modulus(weights) + 1e-12)  # at least at W's spectral rate
+
+
+@pytest.mark.mpi(min_size=2)
+def test_reward_scale_multiplies_what_the_learner_learns_from_and_nothing_reported(comm, tmp_path):
+    """The same seed with env.reward_scale 1 and 10: the learner receives exactly 10 times the rewards, while the
+    evaluations' team returns (the world's own units) are the same."""
+    runs = []
+    for scale in (1.0, 10.0):
+        node = make_node(comm, "complete", tmp_path / f"scale{scale}",
+                         ("run.warmup_steps=24", "run.train_steps=0", "run.eval_episodes=1", "run.checkpoint_every=0",
+                          f"env.reward_scale={scale}", "run.algorithm=ippo"))
+        learned = []
+        observe = node.learner.observe
+        node.learner.observe = lambda transition: learned.append(transition.reward) or observe(transition)
+        node.train()
+        runs.append((np.array(learned), node.telemetry.records.column("eval", "team_return")))
+        node.free()
+    (plain, plain_eval), (scaled, scaled_eval) = runs
+    assert len(plain) >= 12 and np.abs(plain).max() > 0
+    np.testing.assert_array_equal(scaled, 10.0 * plain)
+    np.testing.assert_array_equal(scaled_eval, plain_eval)
