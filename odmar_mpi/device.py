@@ -41,5 +41,7 @@ def select_device(setting: str, local: int) -> torch.device:
 
 def training_precision(precision: str, device: torch.device) -> AbstractContextManager:
     """The arithmetic of a learner's updates: 'float32' as written, 'bfloat16' under torch.autocast (matrix
-    products in bfloat16, everything autocast keeps in float32 stays so; float64 tensors are never cast)."""
-    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16")
+    products in bfloat16, everything autocast keeps in float32 stays so; float64 tensors are never cast).
+    Without autocast's cache of cast weights: it keys on the tensor, so after an optimiser step inside the
+    region (a training phase takes many) it would hand later forwards the weights of before the step."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16", cache_enabled=False)

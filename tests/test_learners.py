@@ -10,6 +10,7 @@ import torch
 
 from odmar_mpi.comm.consensus import ConsensusResult
 from odmar_mpi.config import load_config
+from odmar_mpi.device import training_precision
 from odmar_mpi.learners import ALGORITHMS, DISCRETE_ACTIONS, learner_class
 from odmar_mpi.learners.base import MODES, LearnerContext, Transition
 from odmar_mpi.records import Records
@@ -255,3 +256,23 @@ def test_mamba_and_ippo_train_on_the_gpu_end_to_end(algorithm):
         assert torch.equal(a, b)
     assert learner.act(obs, "explore") == twin.act(obs, "explore")
 
+
+
+def test_bfloat16_forwards_after_an_optimiser_step_use_the_stepped_weights():
+    """A training phase is one precision region with many optimiser steps: each forward must see the weights as
+    they are then (autocast's cache of cast weights would hand it those of before the first step)."""
+    layer = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    with training_precision("bfloat16", torch.device("cpu")):
+        before = layer(x)
+        assert before.dtype == torch.bfloat16
+        before.float().square().sum().backward()
+        optimizer.step()
+        after = layer(x)
+    with torch.autocast("cpu", torch.bfloat16, cache_enabled=False):
+        fresh = layer(x)  # the stepped weights, cast anew
+    assert not torch.equal(after, before)
+    assert torch.equal(after, fresh)
+    with training_precision("float32", torch.device("cpu")):
+        assert layer(x).dtype == torch.float32
