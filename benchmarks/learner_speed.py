@@ -3,18 +3,17 @@
     python benchmarks/learner_speed.py --baseline 9ca3e1b --config configs/mamba_quick.toml \\
         --set run.train_steps=500 --ranks 3 --repeats 2
 
-The baseline is checked out once into a `git worktree` (default /tmp/odmar-baseline-<rev>) and run from
-there with this venv's Python; both trees get the same config file (this tree's), the same --set values and
-the same rank count (`--set-current` adds settings for this tree alone), and they run alternately, one job at
-a time (`--repeats` times each), so both see the same machine. A run's time is measured the same way for both versions, from its own output: from
-the line `run folder ...` that rank 0 prints once every rank has built its node, to the progress line of
-the last step (`run.progress_every` is set to the run's length, so that line comes at its last step,
-before the final checkpoint), so start-up (imports) and the final report are left out and the
-random-policy evaluation at the start is in. The per-phase seconds are each version's own records (the
+The baseline is checked out once into a `git worktree` (default /tmp/odmar-baseline-<rev>) and run from there
+with this venv's Python; both trees get the same config file (this tree's), the same --set values and the same
+rank count (`--set-current` adds settings for this tree alone), and they run alternately, one job at a time
+(`--repeats` times each), so both see the same machine. A run's time is measured the same way for both
+versions, from its own output: from the line `run folder ...` that rank 0 prints once every rank has built its
+node, to the progress line of the last step (`run.progress_every` is set to the run's length, so that line
+comes at its last step, before the final checkpoint), so start-up (imports) and the final report are left out
+and the random-policy evaluation at the start is in. The per-phase seconds are each version's own records (the
 mean over ranks of the last `timing` row, written at each evaluation: give `run.eval_every` a value that
-divides `run.train_steps` for them to cover the whole run; the baseline's phases are coarser).
-Run it alone on the machine: other jobs on the cores change both figures, not only one.
-"""
+divides `run.train_steps` for them to cover the whole run; the baseline's phases are coarser). Run it alone on
+the machine: other jobs on the cores change both figures, not only one. """
 
 from __future__ import annotations
 
@@ -108,8 +107,7 @@ def main(baseline: str, folder: Path | None, config: Path, overrides: tuple[str,
     summary["speedup"] = summary["current"]["steps_per_second_per_agent"] / summary["baseline"]["steps_per_second_per_agent"]
     shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
     summary.update({"config": str(shown), "overrides": list(overrides), "current_overrides": list(current_overrides),
-                    "ranks": ranks,
-                    "steps_per_agent": steps, "baseline_revision": baseline})
+                    "ranks": ranks, "steps_per_agent": steps, "baseline_revision": baseline})
     if as_json:
         print(json.dumps(summary))
         return

@@ -73,9 +73,9 @@ def mamba_floor(node: Node, comm: MPI.Comm) -> dict[str, Any]:
     flops = {"world_model": counted_flops(lambda: learner.train_model(node.step)),
              "imagination_ppo": counted_flops(lambda: learner.train_policy(node.step))}
     comm.Barrier()
-    # in the arithmetic the run's products use (run.precision)
-    dtype = torch.bfloat16 if cfg.run.precision == "bfloat16" else torch.float32
-    rate = matmul_rate(cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden, node.device, dtype)
+    # in the arithmetic the run's products use (run.precision names a torch dtype)
+    rate = matmul_rate(cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden, node.device,
+                       getattr(torch, cfg.run.precision))
     result = {}
     for part in rounds:
         if not rounds[part]:
@@ -86,7 +86,7 @@ def mamba_floor(node: Node, comm: MPI.Comm) -> dict[str, Any]:
                         "floor_s_per_round": floor, "over_floor": per_round / floor}
     result["matmul_gflop_per_s"] = rate / 1e9
     result["matmul_shape"] = [cfg.ppo.minibatch_size, cfg.world_model.features, cfg.ppo.critic_hidden]
-    result["matmul_dtype"] = str(dtype).removeprefix("torch.")
+    result["matmul_dtype"] = cfg.run.precision
     return result
 
 
