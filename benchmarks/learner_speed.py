@@ -13,7 +13,8 @@ comes at its last step, before the final checkpoint), so start-up (imports) and 
 and the random-policy evaluation at the start is in. The per-phase seconds are each version's own records (the
 mean over ranks of the last `timing` row, written at each evaluation: give `run.eval_every` a value that
 divides `run.train_steps` for them to cover the whole run; the baseline's phases are coarser). Run it alone on
-the machine: other jobs on the cores change both figures, not only one. """
+the machine: other jobs on the cores change both figures, not only one.
+"""
 
 from __future__ import annotations
 
