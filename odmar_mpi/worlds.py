@@ -28,6 +28,9 @@ REWARD_COLLECTION = "reward-collection"
 WORLD_PACKAGES = {"simple_spread": ("mpe2", "pip install mpe2  (or: pip install -e '.[mpe]')"),
                   "smax": ("jaxmarl", "pip install -e '.[smax]'  (jaxmarl 0.2.0 with CPU jax)"),
                   "flatland": ("flatland", "make flatland  (flatland-rl 4.3.0 without its numpy<2 pin)")}
+# Worlds whose every agent already gets the team's reward as its own (SMAX's battle reward), so "local" sharing
+# learns from the team reward there.
+TEAM_REWARD_WORLDS = frozenset({"smax"})
 
 
 def world_options(cfg: Any) -> dict[str, Any]:

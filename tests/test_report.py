@@ -22,7 +22,7 @@ from odmar_mpi.report.cli import main
 from odmar_mpi.report.compare import (BOOTSTRAP, SettingRuns, bootstrap_ci, compare_setting, figures_of, iqm,
                                       settings_from_folders)
 from odmar_mpi.report.plots import plot_learning_curves, plot_run
-from odmar_mpi.report.runs import load_run
+from odmar_mpi.report.runs import load_run, run_label
 from odmar_mpi.report.summary import eval_rows_to_show, evaluation_policy, final_report, format_table, summarise
 from odmar_mpi.sweep import Setting, Sweep, write_sweep
 from odmar_mpi.telemetry import NODE_TABLES, PHASES
@@ -117,6 +117,13 @@ def spread_config(**run: object) -> Config:
 
 
 # ---------------------------------------------------------------------- one run
+
+
+def test_the_label_names_local_rewards_only_where_they_differ_from_the_team_reward():
+    assert run_label(spread_config()) == "mamba, local rewards"
+    smax = spread_config()
+    smax.env = dataclasses.replace(smax.env, world="smax")  # every ally's own reward is SMAX's team reward
+    assert run_label(smax) == "mamba"
 
 
 def test_json_summary_is_what_the_records_say(tmp_path):

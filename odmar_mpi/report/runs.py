@@ -20,6 +20,7 @@ import numpy as np
 from odmar_mpi.config import Config, ConfigError, config_from_dict
 from odmar_mpi.records import read_records, records_path
 from odmar_mpi.run import COMPLETE_MARK
+from odmar_mpi.worlds import TEAM_REWARD_WORLDS
 
 _RANK_FILE = re.compile(r"rank(\d+)\.h5$")
 
@@ -113,7 +114,7 @@ def run_label(cfg: Config) -> str:
         label += f", communication: {cfg.mamba.communication}"
     if not cfg.env.action_penalty:
         label += ", no action penalty"
-    if cfg.env.reward_sharing != "team":
+    if cfg.env.reward_sharing != "team" and cfg.env.world not in TEAM_REWARD_WORLDS:
         label += f", {cfg.env.reward_sharing} rewards"
     return label
 
