@@ -173,10 +173,9 @@ class PPO:
         self.config = config
         self.actor = Actor(feature_dim, n_actions, config, seed, classes).to(device)
         self.critic = Critic(feature_dim, config, seed + 1, classes).to(device)
-        # fused: one kernel per parameter list instead of ~10 ops per parameter (as SAC's)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
-                                                weight_decay=config.actor_weight_decay, fused=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, fused=True)
+                                                weight_decay=config.actor_weight_decay)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.entropy_coef = config.entropy_coef
 
     @torch.no_grad()
