@@ -188,8 +188,7 @@ def mamba_estimate(cfg: Any, ranks: int, max_degree: int, obs_dim: int, n_action
     networks = 4 * parameters * F32  # parameters, gradients, Adam's two moments
     parts = [Part("actor-critic and world model, gradients, Adam", networks, "world_model.hidden / ppo.*_hidden")]
     if mamba:
-        own_h = h if cfg.mamba.window_start == "stored" else 0
-        row = (obs_dim + 4 + slots * (2 + c + h) + (n_actions if masked else 0) + own_h) * F32  # SequenceBuffer's row
+        row = (obs_dim + 4 + slots * (2 + c + h) + (n_actions if masked else 0)) * F32  # SequenceBuffer's row
         rows = cfg.mamba.buffer_size
         parts.append(Part(f"sequence replay ({rows:,} steps)", (rows + min(STAGE_ROWS, rows)) * row,
                           "mamba.buffer_size"))

@@ -276,34 +276,3 @@ def test_bfloat16_forwards_after_an_optimiser_step_use_the_stepped_weights():
     assert torch.equal(after, fresh)
     with training_precision("float32", torch.device("cpu")):
         assert layer(x).dtype == torch.float32
-
-
-def test_mamba_with_stored_window_starts_replays_the_h_it_acted_with():
-    """mamba.window_start = "stored": every replay row keeps the own h the agent had when it acted there (an
-    off-by-one pairing with the next step's h, or h of the evaluation copy, fails), also across a state round
-    trip with a step still pending; the world model's windows then start from it."""
-    overrides = ["mamba.window_start=stored"]
-    learner, world, _ = make_learner("mamba", overrides)
-    acted = []
-    obs = world.reset()
-    learner.begin_episode("warmup")
-    for _ in range(12):
-        action = learner.act(obs, "warmup")
-        acted.append(learner.copies["train"].state.h[0].clone())
-        learner.act(obs, "evaluate")  # the evaluation copy's state must not reach the training replay
-        next_obs, reward, terminated, truncated = world.step(action, np.atleast_1d(action).reshape(1, -1))
-        learner.observe(Transition(obs, action, reward, next_obs, terminated, truncated))
-        obs = next_obs
-    learner.act(obs, "explore")
-    acted.append(learner.copies["train"].state.h[0].clone())
-    twin, _, _ = make_learner("mamba", overrides)
-    twin.load_state_dict(learner.state_dict())
-    for agent in (learner, twin):
-        agent.observe(Transition(obs, 0, 0.0, obs, False, False))
-        agent.buffer.rows.flush()
-    columns = learner.buffer.columns["own_h"]
-    stored = learner.buffer.rows.storage[:13, columns]
-    assert torch.equal(stored, torch.stack(acted))
-    assert torch.equal(twin.buffer.rows.storage[:13, columns], stored)
-    batch = learner.buffer.sample(4, 5)
-    assert batch.own_h is not None and not torch.equal(stored[0], torch.zeros_like(stored[0]))

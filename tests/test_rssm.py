@@ -334,24 +334,3 @@ def test_categorical_samples_follow_the_softmax_and_pass_its_gradient() -> None:
     reference = logits.clone().requires_grad_(True)
     (reference.unflatten(-1, (c, k)).softmax(-1).flatten() * weights).sum().backward()
     torch.testing.assert_close(leaf.grad, reference.grad)
-
-
-def test_a_window_given_its_start_h_begins_there_unless_an_episode_starts_at_row_0() -> None:
-    """`observe(..., start_h)`: row 0's h is the given one where no episode starts at row 0 and the zero-state
-    restart where one does; the rows after it follow from it (so they differ from a zero-state start)."""
-    m, g = model(), torch.Generator().manual_seed(0)
-    steps, batch = 4, 2
-    embed = torch.randn(steps, batch, CONFIG.embed, generator=g)
-    action = torch.randint(0, N_ACTIONS, (steps, batch), generator=g)
-    is_first = torch.zeros(steps, batch, dtype=torch.bool)
-    is_first[0, 1] = True  # window 1 starts an episode at row 0
-    messages = NeighbourMessages(torch.randint(0, N_ACTIONS, (steps, batch, 2), generator=g),
-                                 torch.randint(0, CONFIG.n_classes, (steps, batch, 2, CONFIG.n_categoricals), generator=g),
-                                 torch.randn(steps, batch, 2, CONFIG.deterministic, generator=g),
-                                 torch.ones(steps, batch, 2, dtype=torch.bool))
-    start_h = torch.randn(batch, CONFIG.deterministic, generator=g)
-    stored = m.rssm.observe(embed, action, is_first, messages, TRIANGLE, torch.Generator().manual_seed(1), start_h)
-    zero = m.rssm.observe(embed, action, is_first, messages, TRIANGLE, torch.Generator().manual_seed(1))
-    assert torch.equal(stored.h[0, 0], start_h[0])
-    assert torch.equal(stored.h[0, 1], zero.h[0, 1])  # restarted, as without a start h
-    assert not torch.allclose(stored.h[1, 0], zero.h[1, 0])  # the next row follows from the stored h

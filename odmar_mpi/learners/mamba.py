@@ -80,8 +80,7 @@ class MAMBALearner(Learner):
                        device, classes=[self.model_config.n_classes] * self.model_config.n_categoricals)
         self.buffer = SequenceBuffer(cfg.mamba.buffer_size, world.obs_dim, self.slots, self.model_config.n_categoricals,
                                      self.model_config.deterministic, seed=ctx.seed("replay"),
-                                     n_available=world.n_actions if self.masked else None, device=device,
-                                     own_state=cfg.mamba.window_start == "stored")
+                                     n_available=world.n_actions if self.masked else None, device=device)
         self.generator = torch.Generator(device).manual_seed(ctx.seed("policy"))
         # the evaluation copy's posterior samples and sampled actions: evaluations never shift training's stream
         self.eval_generator = torch.Generator(device).manual_seed(ctx.seed("evaluate"))
@@ -91,8 +90,8 @@ class MAMBALearner(Learner):
         self.message_size = self.message_width if self.slots else 0
         self.copies = {"train": self.fresh_copy(), "eval": self.fresh_copy()}
         # Per training step the agent acted in, until its transition arrives: (is_first, the neighbours' messages
-        # of that step as received, (N, 1 + C + H) on the host, the own h then (H,) where the replay keeps it).
-        self.pending: deque[tuple[bool, np.ndarray, np.ndarray | None]] = deque()
+        # of that step as received, (N, 1 + C + H) on the host).
+        self.pending: deque[tuple[bool, np.ndarray]] = deque()
 
     # ------------------------------------------------------------------ acting
 
@@ -145,8 +144,7 @@ class MAMBALearner(Learner):
             mask = None if available is None else torch.as_tensor(available, device=device).bool().unsqueeze(0)
             action = self.ppo.actor.act(self.model.rssm.features(state), generator, greedy, mask)[0]
         if copy is self.copies["train"]:
-            own_h = state.h[0].to("cpu").numpy() if self.buffer.has_own_state else None
-            self.pending.append((copy.first, self.empty_messages(), own_h))
+            self.pending.append((copy.first, self.empty_messages()))
         copy.state, copy.action, copy.first = state, action, False
         return np.asarray(action)
 
@@ -171,16 +169,16 @@ class MAMBALearner(Learner):
         copy.messages = NeighbourMessages(received[..., 0].long().clamp(min=-1), received[..., 1:1 + c].long(),
                                           received[..., 1 + c:], received[..., 0] != ABSENT)
         if copy is self.copies["train"] and not copy.absent:  # this step's entry, appended by act
-            self.pending[-1] = (self.pending[-1][0], rows, self.pending[-1][2])
+            self.pending[-1] = (self.pending[-1][0], rows)
 
     # ------------------------------------------------------------------ learning
 
     def observe(self, transition: Transition) -> None:
-        is_first, messages, own_h = self.pending.popleft()
+        is_first, messages = self.pending.popleft()
         c = self.model_config.n_categoricals
         self.buffer.add(transition.obs, int(transition.action), transition.reward, transition.terminated, is_first,
                         np.maximum(messages[:, 0], -1), messages[:, 1:1 + c], messages[:, 1 + c:],
-                        messages[:, 0] != ABSENT, transition.available, own_h)
+                        messages[:, 0] != ABSENT, transition.available)
 
     def update(self, step: int) -> None:
         """MAMBA trains in phases (`model_step`), not every step."""
@@ -300,7 +298,7 @@ class MAMBALearner(Learner):
             "generator": self.generator.get_state(), "eval_generator": self.eval_generator.get_state(),
             "warmup_rng": self.warmup_rng.bit_generator.state,
             "copies": {name: _copy_state(copy) for name, copy in self.copies.items()},
-            "pending": [[float(first), messages, own_h] for first, messages, own_h in self.pending],
+            "pending": [[float(first), messages] for first, messages in self.pending],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -316,9 +314,8 @@ class MAMBALearner(Learner):
                                         NeighbourMessages(*(tensor.to(device) for tensor in saved["messages"])),
                                         bool(saved["first"]), bool(saved["absent"]))
                        for name, saved in state["copies"].items()}
-        self.pending = deque((bool(first), np.asarray(messages).reshape(self.slots, self.message_width),
-                              None if own_h is None else np.asarray(own_h))
-                             for first, messages, own_h in state["pending"])
+        self.pending = deque((bool(first), np.asarray(messages).reshape(self.slots, self.message_width))
+                             for first, messages in state["pending"])
 
 
 def imagination_starts(is_first: torch.Tensor, burn_in: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ from odmar_mpi.settings import check_settings, setting
 
 COMMUNICATION = ("neighbours", "self")
 IMAGINED_REWARD = ("own", "neighbourhood")
-WINDOW_START = ("zero", "stored")
 
 
 @dataclass
@@ -36,11 +35,6 @@ class MambaConfig:
                               "steps of the window, or whose episode started inside the window (a window starts "
                               "from the zero state, which the acting agent never has mid-episode); 0 = every row "
                               "(MAMBA).", unit="steps", low=0)
-    window_start: str = setting("zero", "The state a replayed window starts from where no episode starts at its first "
-                                        "row: 'zero' (MAMBA: the zero state, which the acting agent never has "
-                                        "mid-episode, so the first rows' h are transients) or 'stored' (the h the "
-                                        "agent had when it acted there, kept in the replay: H more floats per row).",
-                                choices=WINDOW_START)
     imagined_reward: str = setting("own", "What the actor-critic maximises in imagination: 'own' (the agent's "
                                           "predicted reward, the reward it observes) or 'neighbourhood' (the mean of "
                                           "the reward head over the imagined neighbourhood, MAMBA's team mean).",

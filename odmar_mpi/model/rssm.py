@@ -309,12 +309,10 @@ class RSSM(nn.Module):
         return RSSMState(h, z), self.prior(h), posterior_logits
 
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, messages: NeighbourMessages, graph: LocalGraph,
-                generator: torch.Generator, start_h: Tensor | None = None) -> Observation:
+                generator: torch.Generator) -> Observation:
         """Walk a replayed window with the posterior: embed (T, B, embed), action (T, B) long, is_first (T, B)
         bool, messages (T, B, N, .), all in the row convention of the module docstring. Row 0 starts from the
-        zero state, or, given `start_h` (B, H), has that h where no episode starts there (the h the agent had
-        when it acted: a constant, no gradient); is_first rows reset (h_next of the row before is still the
-        continuation)."""
+        zero state; is_first rows reset (h_next of the row before is still the continuation)."""
         steps, batch = action.shape
         attend = attention_mask(with_self(messages.valid), graph.adjacency)  # (T, B, M, M)
         positions = self.comm.positions(graph.member_ids)
@@ -333,7 +331,7 @@ class RSSM(nn.Module):
         hs, zs, posteriors, h_next = [], [], [], []
         for t in range(steps):
             if t == 0:
-                h = restarted if start_h is None else torch.where(is_first[0].unsqueeze(-1), restarted, start_h)
+                h = restarted
             else:
                 h_next.append(self._deterministic(hs[-1], zs[-1], action[t - 1], tokens[t - 1], attend[t - 1],
                                                   positions, generator))
@@ -372,13 +370,6 @@ def compact_features(h: Tensor, latent: Tensor) -> Tensor:
     """[z, h] with z as its C class indices (as floats), (..., C + H): what the actor, the critic and the heads
     read without multiplying by z's zeros (odmar_mpi.layers.CategoricalLinear)."""
     return torch.cat([latent.to(h.dtype), h], -1)
-
-
-def window_start(batch: Any) -> Tensor | None:
-    """The h a replayed batch's windows start from where no episode starts at row 0: the own h stored when the
-    agent acted, if the batch carries it (`own_h`, (T, B, H)), else None (the zero state)."""
-    own_h = getattr(batch, "own_h", None)
-    return None if own_h is None else own_h[0]
 
 
 def kl_balanced(posterior_logits: Tensor, prior_logits: Tensor, n_classes: int, balance: float) -> Tensor:
@@ -426,11 +417,10 @@ class WorldModel(nn.Module):
     def loss(self, batch: Any, graph: LocalGraph, generator: torch.Generator) -> dict[str, Tensor]:
         """Named loss terms and their sum "total" on a replayed batch, whose fields are (T, B, ...):
         obs, action (long), reward, terminal (bool), is_first (bool), nb_action (T, B, N), nb_latent
-        (T, B, N, C), nb_h (T, B, N, H), nb_valid (T, B, N), available (T, B, A) if the model has that head, and
-        optionally own_h (T, B, H), the h each window starts from (`window_start`)."""
+        (T, B, N, C), nb_h (T, B, N, H), nb_valid (T, B, N), and available (T, B, A) if the model has that head."""
         embed = self.encoder(batch.obs)
         messages = NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid)
-        seen = self.rssm.observe(embed, batch.action, batch.is_first, messages, graph, generator, window_start(batch))
+        seen = self.rssm.observe(embed, batch.action, batch.is_first, messages, graph, generator)
         state_features = torch.cat([seen.z, seen.h], -1)
         transition_features = torch.cat([seen.z, seen.h_next], -1)
         decoded = self.decoder(state_features)
@@ -478,7 +468,7 @@ class WorldModel(nn.Module):
         (`compact_features`)."""
         seen = self.rssm.observe(self.encoder(batch.obs), batch.action, batch.is_first,
                                  NeighbourMessages(batch.nb_action, batch.nb_latent, batch.nb_h, batch.nb_valid),
-                                 graph, generator, window_start(batch))
+                                 graph, generator)
         h = torch.cat([seen.h.unsqueeze(-2), batch.nb_h], -2).flatten(0, 1)
         latent = torch.cat([self.rssm.latent_indices(seen.z).unsqueeze(-2), batch.nb_latent], -2).flatten(0, 1)
         valid = with_self(batch.nb_valid).flatten(0, 1)

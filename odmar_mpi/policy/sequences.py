@@ -31,7 +31,6 @@ class SequenceBatch(NamedTuple):
     nb_h: Tensor  # (T, B, N, H) float32
     nb_valid: Tensor  # (T, B, N) bool
     available: Tensor | None  # (T, B, n_actions) bool where the world restricts actions, else None
-    own_h: Tensor | None = None  # (T, B, H) the agent's own h when it acted, where the buffer stores it
 
 
 class SequenceBuffer:
@@ -39,17 +38,15 @@ class SequenceBuffer:
     staged on the host and copied to the device before a read); the oldest rows are overwritten.
 
     A row is [obs | action | reward | terminal | is_first | per slot: (action, C latent indices, h) | slot
-    validity | available actions | own h (with `own_state`: where a replayed window starts mid-episode, the
-    state the agent had there)]: integers and flags are exact in float32. `sample(batch_size, length)` draws
+    validity | available actions]: integers and flags are exact in float32. `sample(batch_size, length)` draws
     window starts uniformly among the windows of `length` consecutive rows that lie inside the stored data
     (never across the write position), with the buffer's own generator, and splits the rows into typed fields.
-    Memory per row: 4 (obs_dim + 4 + slots (2 + C + H) + n_actions (+ H)) bytes; e.g. obs_dim 30, 4 slots, C = 32,
+    Memory per row: 4 (obs_dim + 4 + slots (2 + C + H) + n_actions) bytes; e.g. obs_dim 30, 4 slots, C = 32,
     H = 256: about 4.8 KB, so 250 000 rows take 1.2 GB.
     """
 
     def __init__(self, capacity: int, obs_dim: int, n_slots: int, n_categoricals: int, deterministic: int,
-                 seed: int, n_available: int | None = None, device: torch.device | str = "cpu",
-                 own_state: bool = False) -> None:
+                 seed: int, n_available: int | None = None, device: torch.device | str = "cpu") -> None:
         if capacity < 1:
             raise ValueError(f"SequenceBuffer capacity = {capacity}: must be >= 1 (it is preallocated)")
         self.capacity = int(capacity)
@@ -57,8 +54,7 @@ class SequenceBuffer:
         self.device = torch.device(device)
         message = 1 + n_categoricals + deterministic
         widths = {"obs": obs_dim, "action": 1, "reward": 1, "terminal": 1, "is_first": 1,
-                  "messages": n_slots * message, "nb_valid": n_slots, "available": n_available or 0,
-                  "own_h": deterministic if own_state else 0}
+                  "messages": n_slots * message, "nb_valid": n_slots, "available": n_available or 0}
         self.columns: dict[str, slice] = {}
         start = 0
         for name, width in widths.items():
@@ -66,16 +62,16 @@ class SequenceBuffer:
             start += width
         self.message_width = message
         self.rows = RowRing(self.capacity, start, self.device)
-        self.has_available, self.has_own_state = n_available is not None, own_state
+        self.has_available = n_available is not None
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
         return self.rows.size
 
     def add(self, obs: Any, action: int, reward: float, terminal: bool, is_first: bool, nb_action: Any,
-            nb_latent: Any, nb_h: Any, nb_valid: Any, available: Any = None, own_h: Any = None) -> None:
+            nb_latent: Any, nb_h: Any, nb_valid: Any, available: Any = None) -> None:
         """Append one step: obs (obs_dim,), nb_action (N,), nb_latent (N, C), nb_h (N, H), nb_valid (N,),
-        available (n_actions,) and the own h (H,) if the buffer stores them; numpy arrays or sequences (host data)."""
+        available (n_actions,) if the buffer stores it; numpy arrays or sequences (host data)."""
         row, c = self.rows.next_row(), self.columns
         row[c["obs"]] = obs
         row[c["action"]] = action
@@ -89,8 +85,6 @@ class SequenceBuffer:
         row[c["nb_valid"]] = nb_valid
         if self.has_available:
             row[c["available"]] = available
-        if self.has_own_state:
-            row[c["own_h"]] = own_h
 
     def sample(self, batch_size: int, length: int) -> SequenceBatch:
         """`batch_size` windows of `length` consecutive rows (MAMBA: 40 windows of 20), time first."""
@@ -110,8 +104,7 @@ class SequenceBuffer:
                              is_first=data[..., c["is_first"].start].bool(), nb_action=messages[..., 0].long(),
                              nb_latent=messages[..., 1:1 + k].long(), nb_h=messages[..., 1 + k:],
                              nb_valid=data[..., c["nb_valid"]].bool(),
-                             available=data[..., c["available"]].bool() if self.has_available else None,
-                             own_h=data[..., c["own_h"]] if self.has_own_state else None)
+                             available=data[..., c["available"]].bool() if self.has_available else None)
 
     def state_dict(self) -> dict[str, Any]:
         """The stored rows (on the host), write position and generator state: `load_state_dict` restores them
