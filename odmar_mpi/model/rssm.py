@@ -410,9 +410,8 @@ class WorldModel(nn.Module):
         self.eval()  # dropout only inside `update`, as MAMBA
 
     def make_optimizer(self) -> torch.optim.Adam:
-        """MAMBA's model optimiser: Adam with the configured learning rate (foreach: multi-tensor ops over the
-        60-odd parameters, bit-identical to the per-parameter loop that CPU tensors get by default)."""
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, foreach=True)
+        """MAMBA's model optimiser: Adam with the configured learning rate."""
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
 
     def loss(self, batch: Any, graph: LocalGraph, generator: torch.Generator) -> dict[str, Tensor]:
         """Named loss terms and their sum "total" on a replayed batch, whose fields are (T, B, ...):
@@ -450,7 +449,7 @@ class WorldModel(nn.Module):
         terms = self.loss(batch, graph, generator)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip, foreach=True)
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.grad_clip)
         optimizer.step()
         self.eval()
         return {**{name: float(value.detach()) for name, value in terms.items()}, "grad_norm": float(grad_norm)}

@@ -173,11 +173,9 @@ class PPO:
         self.config = config
         self.actor = Actor(feature_dim, n_actions, config, seed, classes).to(device)
         self.critic = Critic(feature_dim, config, seed + 1, classes).to(device)
-        # foreach: a few multi-tensor ops per step instead of ~10 per parameter, bit-identical on CPU
-        # (fused is faster still, but changes the round-off of every documented run)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr,
-                                                weight_decay=config.actor_weight_decay, foreach=True)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr, foreach=True)
+                                                weight_decay=config.actor_weight_decay)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.entropy_coef = config.entropy_coef
 
     @torch.no_grad()
@@ -242,7 +240,7 @@ class PPO:
     def _step(self, optimizer: torch.optim.Optimizer, module: nn.Module, loss: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip, foreach=True)  # clip before the step
+        nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)  # clip before the step
         optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
